@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel; pip finds it on this project's machines without downloading a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m pipelines.demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check anomaly pipelines tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.bench
+	@echo "see BENCHMARKS.md for the commands"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-output

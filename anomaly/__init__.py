@@ -1,0 +1,23 @@
+"""anomaly: autoencoder and VAE anomaly detection with calibrated thresholds.
+
+>>> from anomaly import Detector
+>>> det = Detector(model="ae").fit(normal_rows)      # doctest: +SKIP
+>>> det.score(new_rows)                              # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from anomaly.detector import Detector
+from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
+
+try:
+    __version__ = version("anomaly")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+load = Detector.load
+
+__all__ = [
+    "AnomalyError", "Detector", "InputError", "ModelFormatError", "NotFittedError", "__version__",
+    "load",
+]

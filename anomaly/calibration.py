@@ -1,0 +1,124 @@
+"""From scores on held-out normal rows to a threshold with a known false-positive rate.
+
+Two threshold rules:
+
+- ``quantile`` (default): the conformal quantile of the calibration scores. With n scores and a
+  target rate α, the threshold is the ⌈(n+1)(1-α)⌉-th smallest score, so a new normal row
+  exceeds it with probability at most α (for exchangeable data).
+- ``evt``: SPOT's peaks-over-threshold estimate (Siffer et al., KDD 2017, via the authors'
+  ``libspot``): a generalised Pareto tail fitted to the largest calibration scores, which
+  reaches rates far below 1/n where the plain quantile cannot.
+
+Every scored row also gets a conformal p-value ``(1 + #{calibration scores >= s}) / (n + 1)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from anomaly.errors import InputError
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_METHODS = ("quantile", "evt")
+
+
+class Calibrator:
+    """Threshold and p-values from calibration scores.
+
+    Parameters
+    ----------
+    target_fpr : float, default=0.01
+        The false-positive rate the threshold aims for, in (0, 1).
+    method : {"quantile", "evt"}, default="quantile"
+        Threshold rule (see module docstring).
+    evt_level : float, default=0.9
+        For ``evt``: the quantile of calibration scores above which the tail is fitted.
+
+    Attributes
+    ----------
+    threshold_ : float
+        A score above it is flagged.
+    scores_ : ndarray
+        The sorted calibration scores.
+    """
+
+    def __init__(self, *, target_fpr: float = 0.01, method: str = "quantile", evt_level: float = 0.9):
+        self.target_fpr = target_fpr
+        self.method = method
+        self.evt_level = evt_level
+
+    def fit(self, scores: np.ndarray) -> Calibrator:
+        if not 0.0 < self.target_fpr < 1.0:
+            raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        if self.method not in THRESHOLD_METHODS:
+            raise InputError(f"unknown threshold method {self.method!r}; use one of {THRESHOLD_METHODS}")
+        scores = np.sort(np.asarray(scores, dtype=np.float64))
+        if len(scores) == 0:
+            raise InputError("no calibration rows: give more data or a larger calibration_fraction")
+        self.scores_ = scores
+        self.threshold_ = self._evt() if self.method == "evt" else self._quantile()
+        return self
+
+    def _quantile(self) -> float:
+        n = len(self.scores_)
+        rank = math.ceil((n + 1) * (1.0 - self.target_fpr))
+        if rank > n:
+            log.warning(
+                "%d calibration rows cannot support a %.4g false-positive rate (needs %d); the "
+                "threshold is the largest calibration score. Use method='evt' for small rates.",
+                n, self.target_fpr, math.ceil(1 / self.target_fpr) - 1,
+            )
+            rank = n
+        return float(self.scores_[rank - 1])
+
+    def _evt(self) -> float:
+        import libspot  # only this rule needs it
+
+        if len(self.scores_) < 100:
+            raise InputError(f"the evt threshold needs at least 100 calibration rows, got {len(self.scores_)}")
+        spot = libspot.Spot(q=self.target_fpr, level=self.evt_level, max_excess=len(self.scores_))
+        spot.fit(self.scores_)
+        self.evt_ = {
+            "excess_threshold": float(spot.excess_threshold),
+            "gamma": float(spot.gamma),
+            "sigma": float(spot.sigma),
+        }
+        threshold = float(spot.anomaly_threshold)
+        if not math.isfinite(threshold):
+            raise InputError("the evt tail fit failed on these calibration scores; use 'quantile'")
+        return threshold
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray:
+        """Conformal p-values: small when a score is rare among normal calibration scores."""
+        n = len(self.scores_)
+        at_least = n - np.searchsorted(self.scores_, scores, side="left")
+        return (1.0 + at_least) / (n + 1.0)
+
+    def flag(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold_
+
+    def to_dict(self) -> dict:
+        state = {
+            "target_fpr": self.target_fpr,
+            "method": self.method,
+            "evt_level": self.evt_level,
+            "threshold": self.threshold_,
+            "n_calibration": len(self.scores_),
+            "scores": self.scores_.tolist(),
+        }
+        if hasattr(self, "evt_"):
+            state["evt"] = self.evt_
+        return state
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibrator:
+        cal = cls(target_fpr=data["target_fpr"], method=data["method"], evt_level=data["evt_level"])
+        cal.scores_ = np.asarray(data["scores"], dtype=np.float64)
+        cal.threshold_ = float(data["threshold"])
+        if "evt" in data:
+            cal.evt_ = dict(data["evt"])
+        return cal

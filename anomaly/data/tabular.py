@@ -1,0 +1,274 @@
+"""Tables: the schema inferred at fit, and the checks every scored row passes through.
+
+A column is one of three kinds:
+
+- ``numeric``: floats; missing values allowed.
+- ``boolean``: true/false (also 1/0, yes/no, t/f, y/n in text); missing values allowed.
+- ``categorical``: text; the most frequent levels seen at fit are kept, any other level
+  (and a missing value) counts as unseen.
+
+The schema is the one place that decides which columns a model reads, in which order, and how a
+raw value becomes a number. It is plain data (``to_dict``/``from_dict``) so it lives in JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anomaly.errors import InputError
+
+log = logging.getLogger(__name__)
+
+NUMERIC, BOOLEAN, CATEGORICAL = "numeric", "boolean", "categorical"
+KINDS = (NUMERIC, BOOLEAN, CATEGORICAL)
+
+# Text read as a missing value, in every column, when reading CSV files (pandas' defaults).
+NA_VALUES = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+
+
+@dataclass(frozen=True)
+class Column:
+    """One model input column.
+
+    Parameters
+    ----------
+    name : str
+        Column name, as in the data.
+    kind : {"numeric", "boolean", "categorical"}
+        How values are read.
+    categories : tuple of str
+        Levels kept for a categorical column, most frequent first; empty otherwise.
+    """
+
+    name: str
+    kind: str
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TabularSchema:
+    """The columns a detector reads, inferred from normal training data.
+
+    Parameters
+    ----------
+    columns : tuple of Column
+        Model inputs, in the order the model sees them.
+    ignored : dict
+        Columns present at fit that the model does not read, mapped to the reason
+        ("excluded", "all values missing").
+    """
+
+    columns: tuple[Column, ...]
+    ignored: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @classmethod
+    def infer(
+        cls,
+        frame: pd.DataFrame,
+        *,
+        exclude: Iterable[str] = (),
+        max_categories: int = 64,
+    ) -> TabularSchema:
+        """Infer the schema from a DataFrame of normal rows.
+
+        Columns named in ``exclude`` are ignored (they must exist). An all-missing column is
+        ignored with a warning. A datetime column must be excluded explicitly: a timestamp is
+        not a feature of a row. A categorical column keeps its ``max_categories`` most frequent
+        levels.
+        """
+        if frame.shape[0] == 0:
+            raise InputError("the training data has no rows")
+        exclude = list(exclude)
+        unknown = [c for c in exclude if c not in frame.columns]
+        if unknown:
+            raise InputError(f"cannot exclude column {unknown[0]!r}: no such column", column=unknown[0])
+        duplicated = frame.columns[frame.columns.duplicated()]
+        if len(duplicated):
+            raise InputError(f"column {duplicated[0]!r} appears twice", column=str(duplicated[0]))
+
+        columns: list[Column] = []
+        ignored = {str(c): "excluded" for c in exclude}
+        for name in frame.columns:
+            name = str(name)
+            if name in ignored:
+                continue
+            series = frame[name]
+            if series.isna().all():
+                log.warning("column %r: all values missing at fit; it is ignored", name)
+                ignored[name] = "all values missing"
+                continue
+            columns.append(_infer_column(name, series, max_categories))
+        if not columns:
+            raise InputError("no usable columns: every column is excluded or all missing")
+        return cls(tuple(columns), ignored)
+
+    def coerce(self, frame: pd.DataFrame, *, row_offset: int = 0) -> dict[str, np.ndarray]:
+        """Check a DataFrame against the schema and return each model column as an array.
+
+        Numeric and boolean columns come back as float64 with NaN for missing; categorical
+        columns as integer codes into ``Column.categories``, -1 for unseen or missing. Extra
+        columns are left alone.
+
+        Raises
+        ------
+        InputError
+            Naming the column and the first bad row (``row_offset`` + position) when a column
+            is missing, a numeric value is not a number or is infinite, or a boolean value is
+            not one of the accepted spellings.
+        """
+        missing = [c for c in self.names if c not in frame.columns]
+        if missing:
+            raise InputError(
+                f"missing column {missing[0]!r} (the model was trained on: {', '.join(self.names)})",
+                column=missing[0],
+            )
+        out = {}
+        for col in self.columns:
+            series = frame[col.name]
+            if col.kind == NUMERIC:
+                out[col.name] = _to_float(series, col.name, row_offset)
+            elif col.kind == BOOLEAN:
+                out[col.name] = _to_bool(series, col.name, row_offset)
+            else:
+                out[col.name] = _to_codes(series, col.categories)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "columns": [
+                {"name": c.name, "kind": c.kind, "categories": list(c.categories)}
+                for c in self.columns
+            ],
+            "ignored": dict(self.ignored),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TabularSchema:
+        columns = tuple(
+            Column(c["name"], c["kind"], tuple(c.get("categories", ()))) for c in data["columns"]
+        )
+        return cls(columns, dict(data.get("ignored", {})))
+
+    def fingerprint(self) -> str:
+        """A short hash of the schema: equal schemas, equal fingerprints."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a whole CSV file for training, with clear errors for empty or unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    try:
+        frame = pd.read_csv(
+            path, low_memory=False, keep_default_na=False, na_values=list(NA_VALUES),
+            float_precision="round_trip",  # the same doubles as the batch scorer's parser
+        )
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path} is empty") from None
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path} is not a well-formed CSV file: {exc}") from None
+    if frame.shape[0] == 0:
+        raise InputError(f"{path} has a header but no rows")
+    return frame
+
+
+def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return Column(name, BOOLEAN)
+    if pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.PeriodDtype):
+        raise InputError(
+            f"column {name!r} holds timestamps; exclude it (--exclude {name})", column=name
+        )
+    if pd.api.types.is_numeric_dtype(dtype):
+        return Column(name, NUMERIC)
+    text = series.dropna().astype(str).str.strip().str.lower()
+    if len(text) and text.isin(_TRUE | _FALSE).all() and text.nunique() <= 2:
+        return Column(name, BOOLEAN)
+    counts = series.dropna().astype(str).value_counts(sort=False)
+    # Most frequent first; ties broken by name so the order never depends on row order.
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) > max_categories:
+        log.warning(
+            "column %r: %d levels, keeping the %d most frequent; the rest count as unseen",
+            name, len(ranked), max_categories,
+        )
+    if len(ranked) == len(series) and len(series) > max_categories:
+        log.warning("column %r: every value is distinct; is it an identifier to exclude?", name)
+    return Column(name, CATEGORICAL, tuple(k for k, _ in ranked[:max_categories]))
+
+
+def _first_bad(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.isnan(values) & series.notna().to_numpy()
+        if bad.any():
+            i = _first_bad(bad)
+            raise InputError(
+                f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not a number",
+                column=name, row=row_offset + i,
+            )
+    infinite = np.isinf(values)
+    if infinite.any():
+        i = _first_bad(infinite)
+        raise InputError(
+            f"column {name!r}, row {row_offset + i}: infinite values are not allowed",
+            column=name, row=row_offset + i,
+        )
+    return values
+
+
+def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isnan(values) & (values != 0) & (values != 1)
+    else:
+        lowered = series.astype(str).str.strip().str.lower()
+        values = np.full(len(series), np.nan)
+        values[lowered.isin(_TRUE).to_numpy()] = 1.0
+        values[lowered.isin(_FALSE).to_numpy()] = 0.0
+        bad = np.isnan(values) & series.notna().to_numpy()
+    if bad.any():
+        i = _first_bad(bad)
+        raise InputError(
+            f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not true or false",
+            column=name, row=row_offset + i,
+        )
+    return values
+
+
+def _to_codes(series: pd.Series, categories: Sequence[str]) -> np.ndarray:
+    if not pd.api.types.is_string_dtype(series.dtype):
+        series = series.astype(object).where(series.isna(), series.astype(str))
+    return pd.Categorical(series, categories=list(categories)).codes.astype(np.int64)
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A value for an error message, cut short: errors never echo whole payloads."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

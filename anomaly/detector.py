@@ -1,0 +1,415 @@
+"""Detector: schema + preprocessing + autoencoder + calibration, with fit / score / save / load.
+
+Every consumer (CLI, batch scoring, and later the MLflow model and the HTTP service) scores
+through :meth:`Detector.score`; none re-implements a step of it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from anomaly.calibration import Calibrator
+from anomaly.data.tabular import TabularSchema
+from anomaly.errors import InputError, NotFittedError
+from anomaly.models import DenseAE, DenseVAE
+from anomaly.persistence import load_model_dir, save_model_dir
+from anomaly.preprocessing import TabularPreprocessor
+from anomaly.scoring import SCORE_METHODS, score_batch
+from anomaly.training import TrainConfig, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+MODELS = ("ae", "vae", "linear")
+RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value", "top_features")
+# Rows are scored in blocks padded to a multiple of this: CPU matrix kernels give a row
+# bit-identical results only when the block height is a multiple of 8, and a row's score must
+# not depend on the rows scored beside it.
+_ROW_ALIGN = 16
+_SCORE_CHUNK = 65536
+
+
+class Detector:
+    """Anomaly detector for tables, trained on normal rows only.
+
+    Scores are **higher = more anomalous**. A row is flagged when its score is above a threshold
+    calibrated on held-out normal rows for a target false-positive rate.
+
+    Parameters
+    ----------
+    model : {"ae", "vae", "linear"}, default="ae"
+        Dense autoencoder, dense variational autoencoder, or a linear autoencoder (the
+        PCA-like baseline).
+    hidden : tuple of int, optional
+        Hidden layer widths of the encoder (the decoder mirrors them). Default: chosen from
+        the input width. Ignored for ``linear``.
+    latent : int, optional
+        Size of the bottleneck. Default: chosen from the input width.
+    dropout : float, default=0.0
+        Dropout between hidden layers while training.
+    denoise : float, default=0.0
+        Standard deviation of Gaussian noise added to (standardised) inputs while training; the
+        model learns to reconstruct the clean row.
+    beta : float, default=1.0
+        Weight of the KL term in the VAE's training loss (the ELBO when 1).
+    score : {"reconstruction", "elbo", "iwae"}, optional
+        What the score measures. Default: ``reconstruction`` for autoencoders, ``elbo`` (the
+        negative ELBO) for the VAE. ``iwae`` is the importance-weighted bound with
+        ``n_samples`` samples.
+    n_samples : int, default=16
+        Samples of the VAE posterior used by the ``elbo`` and ``iwae`` scores.
+    exclude : sequence of str, default=()
+        Columns the model must not read (ids, timestamps, labels).
+    max_categories : int, default=64
+        Most levels kept per categorical column; rarer levels count as unseen.
+    target_fpr : float, default=0.01
+        False-positive rate the threshold aims for.
+    threshold_method : {"quantile", "evt"}, default="quantile"
+        See :class:`anomaly.calibration.Calibrator`.
+    calibration_fraction : float, default=0.2
+        Share of the normal rows held out for calibration, when ``fit`` is not given
+        ``calibration_data``.
+    validation_fraction : float, default=0.1
+        Share of the remaining rows used for early stopping.
+    epochs, batch_size, lr, weight_decay, patience, seed :
+        Training settings; see :class:`anomaly.training.TrainConfig`.
+    device : str, default="auto"
+        ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
+    progress : bool, default=False
+        Show a progress bar while training.
+
+    Examples
+    --------
+    >>> det = Detector(model="ae", exclude=["id"]).fit(normal_df)  # doctest: +SKIP
+    >>> det.score(new_df)  # doctest: +SKIP
+       anomaly_score  is_anomaly  p_value  top_features
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "ae",
+        hidden: tuple[int, ...] | None = None,
+        latent: int | None = None,
+        dropout: float = 0.0,
+        denoise: float = 0.0,
+        beta: float = 1.0,
+        score: str | None = None,
+        n_samples: int = 16,
+        exclude: tuple[str, ...] | list[str] = (),
+        max_categories: int = 64,
+        target_fpr: float = 0.01,
+        threshold_method: str = "quantile",
+        calibration_fraction: float = 0.2,
+        validation_fraction: float = 0.1,
+        epochs: int = 200,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 20,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = False,
+    ):
+        self.model = model
+        self.hidden = hidden
+        self.latent = latent
+        self.dropout = dropout
+        self.denoise = denoise
+        self.beta = beta
+        self.score_method = score
+        self.n_samples = n_samples
+        self.exclude = tuple(exclude)
+        self.max_categories = max_categories
+        self.target_fpr = target_fpr
+        self.threshold_method = threshold_method
+        self.calibration_fraction = calibration_fraction
+        self.validation_fraction = validation_fraction
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict:
+        params = {k: getattr(self, k) for k in _PARAM_NAMES}
+        params["score"] = params.pop("score_method")
+        params["exclude"] = list(params["exclude"])
+        params["hidden"] = None if self.hidden is None else list(self.hidden)
+        return params
+
+    def _check_params(self) -> None:
+        if self.model not in MODELS:
+            raise InputError(f"unknown model {self.model!r}; choose one of {MODELS}")
+        method = self._score_method()
+        if method not in SCORE_METHODS:
+            raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")
+        if method != "reconstruction" and self.model != "vae":
+            raise InputError(f"score {method!r} needs model='vae'")
+        for name in ("calibration_fraction", "validation_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.target_fpr < 1.0:
+            raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
+        for name in ("epochs", "batch_size", "n_samples", "patience", "max_categories"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def _score_method(self) -> str:
+        if self.score_method is not None:
+            return self.score_method
+        return "elbo" if self.model == "vae" else "reconstruction"
+
+    def _architecture(self, n_features: int) -> dict:
+        """Layer sizes, chosen from the input width unless given."""
+        latent = self.latent or int(np.clip(n_features // 4, 2, 16))
+        if self.model == "linear":
+            hidden: tuple[int, ...] = ()
+        elif self.hidden is not None:
+            hidden = tuple(int(h) for h in self.hidden)
+        else:
+            first = int(np.clip(2 * n_features, 32, 256))
+            hidden = (first, max(first // 2, latent))
+        return {"n_features": n_features, "hidden": list(hidden), "latent": latent}
+
+    def _build_module(self, arch: dict) -> torch.nn.Module:
+        if self.model == "vae":
+            return DenseVAE(
+                arch["n_features"], arch["hidden"], arch["latent"], self.dropout,
+                n_samples=self.n_samples, seed=self.seed,
+            )
+        return DenseAE(arch["n_features"], arch["hidden"], arch["latent"], self.dropout)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: pd.DataFrame, calibration_data: pd.DataFrame | None = None) -> Detector:
+        """Learn normal behaviour from ``X``, rows believed normal.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Normal rows. Unless ``calibration_data`` is given, ``calibration_fraction`` of them
+            is held out to calibrate the threshold and never trained on.
+        calibration_data : DataFrame, optional
+            Separate normal rows for calibration.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X = _as_frame(X)
+        schema = TabularSchema.infer(X, exclude=self.exclude, max_categories=self.max_categories)
+        columns = schema.coerce(X)
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(X))
+        if calibration_data is None:
+            n_cal = int(round(self.calibration_fraction * len(X)))
+            if n_cal < 1:
+                raise InputError(
+                    f"{len(X)} rows leave no calibration rows at calibration_fraction="
+                    f"{self.calibration_fraction}; give more rows or calibration_data"
+                )
+            cal_idx, order = order[:n_cal], order[n_cal:]
+            cal_columns = _take(columns, cal_idx)
+        else:
+            cal_columns = schema.coerce(_as_frame(calibration_data))
+        n_val = int(round(self.validation_fraction * len(order)))
+        if len(order) - n_val < 2:
+            raise InputError(f"{len(X)} rows are too few to train on; give at least a few dozen")
+        val_idx, train_idx = order[:n_val], order[n_val:]
+
+        train_columns = _take(columns, train_idx)
+        preprocessor = TabularPreprocessor(schema).fit(train_columns)
+        x_train = preprocessor.transform(train_columns)
+        x_val = preprocessor.transform(_take(columns, val_idx))
+
+        arch = self._architecture(preprocessor.n_features_)
+        torch.manual_seed(self.seed)  # the initial weights
+        module = self._build_module(arch)
+        device = resolve_device(self.device)
+        config = TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, patience=self.patience, denoise=self.denoise,
+            beta=self.beta, seed=self.seed, progress=self.progress,
+        )
+        history = train(module, x_train, x_val, config, device)
+
+        self.schema_, self.preprocessor_, self.module_ = schema, preprocessor, module
+        self.architecture_, self.history_, self.device_ = arch, history, device
+        cal_scores, cal_parts = self._score_matrix(preprocessor.transform(cal_columns))
+        # Columns are ranked by how unusual their error is for them: a column that is hard to
+        # reconstruct on normal rows (noise, a many-level category) does not top every list.
+        self.typical_contribution_ = np.maximum(cal_parts.mean(axis=0), 1e-12)
+        self.calibrator_ = Calibrator(
+            target_fpr=self.target_fpr, method=self.threshold_method
+        ).fit(cal_scores)
+        self.training_summary_ = {
+            "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "n_train": len(train_idx),
+            "n_validation": len(val_idx),
+            "n_calibration": len(cal_scores),
+            "epochs_run": len(history["train_loss"]),
+            "device": str(device),
+        }
+        return self
+
+    # ------------------------------------------------------------------ score
+    @property
+    def threshold_(self) -> float:
+        self._check_fitted()
+        return self.calibrator_.threshold_
+
+    def score_samples(self, X: pd.DataFrame) -> np.ndarray:
+        """Raw anomaly scores, shape (n_rows,); higher = more anomalous."""
+        self._check_fitted()
+        scores, _ = self._score_matrix(self._transform(_as_frame(X)))
+        return scores
+
+    def score(self, X: pd.DataFrame, *, row_offset: int = 0, n_top: int = 3) -> pd.DataFrame:
+        """Score rows and calibrate the result.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Rows with (at least) the columns the detector was trained on.
+        row_offset : int, default=0
+            Added to row positions in error messages (for callers scoring a file in chunks).
+        n_top : int, default=3
+            How many columns ``top_features`` names.
+
+        Returns
+        -------
+        DataFrame, indexed like ``X``, with columns
+            ``anomaly_score`` (float, higher = more anomalous), ``is_anomaly`` (bool, score
+            above the threshold), ``p_value`` (float, conformal p-value against the
+            calibration scores) and ``top_features`` (the columns contributing most, most
+            first, joined by ``;``).
+
+        Raises
+        ------
+        InputError
+            When a trained column is missing or holds a bad value; the message names the
+            column and the first bad row.
+        """
+        self._check_fitted()
+        X = _as_frame(X)
+        scores, parts = self._score_matrix(self._transform(X, row_offset=row_offset))
+        return pd.DataFrame(
+            {
+                "anomaly_score": scores,
+                "is_anomaly": self.calibrator_.flag(scores),
+                "p_value": self.calibrator_.p_values(scores),
+                "top_features": self._top_features(parts, n_top).to_numpy(),
+            },
+            index=X.index,
+        )
+
+    def _transform(self, X: pd.DataFrame, row_offset: int = 0) -> np.ndarray:
+        return self.preprocessor_.transform(self.schema_.coerce(X, row_offset=row_offset))
+
+    @torch.no_grad()
+    def _score_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (n,) and per-column contributions (n, n_columns) of a model-input matrix."""
+        module, method = self.module_.eval(), self._score_method()
+        n = len(x)
+        scores = np.empty(n, dtype=np.float64)
+        owner = self.preprocessor_.feature_owner_
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        contributions = np.empty((n, len(starts)), dtype=np.float32)
+        for start in range(0, n, _SCORE_CHUNK):
+            block = x[start : start + _SCORE_CHUNK]
+            rows = len(block)
+            padded = -rows % _ROW_ALIGN
+            if padded:
+                block = np.concatenate([block, np.zeros((padded, block.shape[1]), block.dtype)])
+            xb = torch.from_numpy(block).to(self.device_)
+            s, p = score_batch(module, xb, method)
+            scores[start : start + rows] = s[:rows].double().cpu().numpy()
+            contributions[start : start + rows] = np.add.reduceat(
+                p[:rows].float().cpu().numpy(), starts, axis=1
+            )
+        return scores, contributions
+
+    def _top_features(self, contributions: np.ndarray, n_top: int) -> pd.Series:
+        n_top = min(n_top, contributions.shape[1])
+        if len(contributions) == 0 or n_top == 0:
+            return pd.Series([""] * len(contributions), dtype=object)
+        relative = contributions / self.typical_contribution_
+        top = np.argsort(-relative, axis=1, kind="stable")[:, :n_top]
+        names = pa.array(self.schema_.names)
+        parts = [names.take(pa.array(top[:, j])) for j in range(n_top)]
+        joined = pc.binary_join_element_wise(*parts, ";") if n_top > 1 else parts[0]
+        return pd.Series(joined.to_numpy(zero_copy_only=False), dtype=object)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "calibrator_"):
+            raise NotFittedError("this Detector is not fitted yet: call fit() or Detector.load()")
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
+        self._check_fitted()
+        import anomaly
+
+        meta = {
+            "kind": "tabular",
+            "params": self.get_params(),
+            "architecture": self.architecture_,
+            "schema": self.schema_.to_dict(),
+            "preprocessor": self.preprocessor_.to_dict(),
+            "calibration": self.calibrator_.to_dict(),
+            "typical_contribution": self.typical_contribution_.tolist(),
+            "history": self.history_,
+            "training": self.training_summary_,
+            "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
+        }
+        return save_model_dir(path, meta, self.module_.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> Detector:
+        """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
+        meta, tensors = load_model_dir(path)
+        det = cls(**{**meta["params"], "device": device})
+        det.schema_ = TabularSchema.from_dict(meta["schema"])
+        det.preprocessor_ = TabularPreprocessor.from_dict(det.schema_, meta["preprocessor"])
+        det.architecture_ = meta["architecture"]
+        det.module_ = det._build_module(det.architecture_)
+        det.module_.load_state_dict(tensors)
+        det.device_ = resolve_device(device)
+        det.module_.to(det.device_).eval()
+        det.calibrator_ = Calibrator.from_dict(meta["calibration"])
+        det.typical_contribution_ = np.asarray(meta["typical_contribution"], dtype=np.float32)
+        det.history_ = meta["history"]
+        det.training_summary_ = meta["training"]
+        return det
+
+
+_PARAM_NAMES = (
+    "model", "hidden", "latent", "dropout", "denoise", "beta", "score_method", "n_samples",
+    "exclude", "max_categories", "target_fpr", "threshold_method", "calibration_fraction",
+    "validation_fraction", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed",
+    "device", "progress",
+)
+
+
+def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    if isinstance(X, pd.DataFrame):
+        return X
+    if isinstance(X, np.ndarray) and X.ndim == 2:
+        return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    raise InputError(f"expected a DataFrame or a 2-D array, got {type(X).__name__}")
+
+
+def _take(columns: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[idx] for name, values in columns.items()}

@@ -1,0 +1,38 @@
+"""The exceptions the library raises on purpose.
+
+Every consumer (CLI, HTTP service, MLflow model) maps these to its own way of saying no; anything
+else escaping the library is a bug.
+"""
+
+from __future__ import annotations
+
+
+class AnomalyError(Exception):
+    """Base class of the library's own errors."""
+
+
+class InputError(AnomalyError, ValueError):
+    """Data that cannot be used as given: a missing column, a bad value, an empty file.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong, in words a user can act on.
+    column : str, optional
+        The offending column, when one is to blame.
+    row : int, optional
+        0-based position of the first offending data row (the header is not a row).
+    """
+
+    def __init__(self, message: str, *, column: str | None = None, row: int | None = None):
+        super().__init__(message)
+        self.column = column
+        self.row = row
+
+
+class NotFittedError(AnomalyError):
+    """A detector was asked to score before it was fitted."""
+
+
+class ModelFormatError(AnomalyError):
+    """A model directory is missing, incomplete, or written by an incompatible version."""

@@ -1,0 +1,73 @@
+"""The model directory: weights in safetensors, everything else in one JSON file. No pickle.
+
+::
+
+    model-dir/
+      detector.json        format version, parameters, schema, preprocessing state,
+                           calibration (threshold and scores), training history, versions
+      weights.safetensors  the torch module's state dict
+
+A directory is written next to its final place and renamed into it, so a reader never sees a
+half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from anomaly.errors import ModelFormatError
+
+FORMAT_VERSION = 1
+META_FILE = "detector.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``meta`` and ``tensors`` to the directory ``path``, replacing it atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(cpu, staging / WEIGHTS_FILE)
+        with open(staging / META_FILE, "w") as fh:
+            json.dump({"format_version": FORMAT_VERSION, **meta}, fh, indent=1)
+        if path.exists():
+            if not (path / META_FILE).exists() and any(path.iterdir()):
+                raise ModelFormatError(f"{path} exists and is not a model directory; not replacing it")
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def load_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a model directory; tensors come back on the CPU whatever device trained them."""
+    path = Path(path)
+    meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise ModelFormatError(f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"{meta_path} is not valid JSON: {exc}") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path} has model format {version!r}; this version of anomaly reads {FORMAT_VERSION}"
+        )
+    return meta, load_file(weights_path, device="cpu")

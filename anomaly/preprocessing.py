@@ -1,0 +1,89 @@
+"""Turning checked columns into the model's input matrix, fitted on normal rows only.
+
+Numeric and boolean columns: missing values take the training median, then the column is
+standardised with the training mean and standard deviation. A constant column keeps a unit
+scale, so any departure from its one training value shows up in the score. Categorical
+columns: one indicator per kept level; an unseen or missing level is all zeros.
+
+The fitted state is plain numbers and lists (``to_dict``/``from_dict``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from anomaly.data.tabular import CATEGORICAL, TabularSchema
+
+log = logging.getLogger(__name__)
+
+
+class TabularPreprocessor:
+    """Impute, scale and one-hot encode the columns of a :class:`TabularSchema`.
+
+    Attributes
+    ----------
+    n_features_ : int
+        Width of the model input.
+    feature_owner_ : ndarray of shape (n_features_,)
+        For each input feature, the index of the schema column it comes from; used to add
+        per-feature errors up into per-column contributions.
+    """
+
+    def __init__(self, schema: TabularSchema):
+        self.schema = schema
+        self.stats_: dict[str, dict[str, float]] = {}
+
+    def fit(self, columns: dict[str, np.ndarray]) -> TabularPreprocessor:
+        """Learn medians, means and scales from coerced training columns."""
+        self.stats_ = {}
+        for col in self.schema.columns:
+            if col.kind == CATEGORICAL:
+                continue
+            values = columns[col.name]
+            median = float(np.nanmedian(values))
+            filled = np.where(np.isnan(values), median, values)
+            mean, std = float(filled.mean()), float(filled.std())
+            if not std > 1e-12:
+                log.warning("column %r is constant at fit; it keeps unit scale", col.name)
+                std = 1.0
+            self.stats_[col.name] = {"median": median, "mean": mean, "scale": std}
+        self._build_layout()
+        return self
+
+    def transform(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Return the model input, float32 of shape (n_rows, n_features_)."""
+        n_rows = len(next(iter(columns.values())))
+        out = np.zeros((n_rows, self.n_features_), dtype=np.float32)
+        start = 0
+        for col in self.schema.columns:
+            values = columns[col.name]
+            if col.kind == CATEGORICAL:
+                width = len(col.categories)
+                rows = np.flatnonzero(values >= 0)
+                out[rows, start + values[rows]] = 1.0
+            else:
+                width = 1
+                s = self.stats_[col.name]
+                filled = np.where(np.isnan(values), s["median"], values)
+                out[:, start] = (filled - s["mean"]) / s["scale"]
+            start += width
+        return out
+
+    def to_dict(self) -> dict:
+        return {"stats": self.stats_}
+
+    @classmethod
+    def from_dict(cls, schema: TabularSchema, data: dict) -> TabularPreprocessor:
+        pre = cls(schema)
+        pre.stats_ = {k: dict(v) for k, v in data["stats"].items()}
+        pre._build_layout()
+        return pre
+
+    def _build_layout(self) -> None:
+        widths = [
+            len(c.categories) if c.kind == CATEGORICAL else 1 for c in self.schema.columns
+        ]
+        self.n_features_ = int(sum(widths))
+        self.feature_owner_ = np.repeat(np.arange(len(widths)), widths)

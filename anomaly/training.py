@@ -1,0 +1,134 @@
+"""The training loop, top to bottom: device → data on device → AdamW → epochs → early stop.
+
+Kept as one function on purpose: no trainer class, no callbacks. What it needs to know comes in
+a :class:`TrainConfig`; what it learned goes out as the model's best weights and a loss history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anomaly.scoring import training_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200  # upper bound; early stopping usually ends sooner
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 20  # epochs without a better validation loss before stopping
+    denoise: float = 0.0  # std of Gaussian noise added to inputs while training (0 = off)
+    beta: float = 1.0  # weight of the KL term of a VAE's ELBO
+    seed: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
+    return device
+
+
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Move a whole matrix to the device when it fits in half the free memory, else pin it."""
+    tensor = torch.from_numpy(x)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if tensor.nbytes > free // 2:
+            log.info("training data (%.1f GB) stays in pinned host memory", tensor.nbytes / 1e9)
+            return tensor.pin_memory()
+    return tensor.to(device)
+
+
+def train(
+    model: torch.nn.Module,
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, list[float]]:
+    """Fit ``model`` in place on normal rows; returns the per-epoch loss history.
+
+    The weights kept are those of the epoch with the lowest validation loss.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    model.to(device)
+    train_x, val_x = to_device(x_train, device), to_device(x_val, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    n, batch_size = len(train_x), min(config.batch_size, len(train_x))
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
+    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
+    for _epoch in bar:
+        model.train()
+        order = torch.randperm(n, device=device, generator=generator)
+        total = torch.zeros((), device=device)
+        # Drop the last partial batch: a tiny final batch makes for noisy steps.
+        n_batches = max(1, n // batch_size)
+        for i in range(n_batches):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            target = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
+            x_in = target
+            if config.denoise > 0:
+                x_in = target + config.denoise * torch.randn_like(target)
+            loss = training_loss(model, x_in, target, config.beta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        train_loss = total.item() / n_batches  # one device sync per epoch
+        val_loss = evaluate_loss(model, val_x, config.beta, device)
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        if not math.isfinite(train_loss):
+            raise FloatingPointError("training diverged (loss is not finite); lower the learning rate")
+        monitored = val_loss if math.isfinite(val_loss) else train_loss  # no validation rows
+        if best_loss == math.inf or monitored < best_loss - 1e-6 * abs(best_loss):
+            best_loss, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module, x: torch.Tensor, beta: float, device: torch.device, chunk: int = 65536
+) -> float:
+    """Mean training loss over ``x`` in eval mode (no dropout, no input noise)."""
+    if len(x) == 0:
+        return math.nan
+    model.eval()
+    total = 0.0
+    # The VAE's sample in the loss is the same at every check, and the training stream of
+    # random numbers is left where it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for start in range(0, len(x), chunk):
+            xb = x[start : start + chunk].to(device, non_blocking=True)
+            total += training_loss(model, xb, xb, beta).item() * len(xb)
+    return total / len(x)
