@@ -18,6 +18,11 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 load = Detector.load
 
 __all__ = [
-    "AnomalyError", "Detector", "InputError", "ModelFormatError", "NotFittedError", "__version__",
+    "AnomalyError",
+    "Detector",
+    "InputError",
+    "ModelFormatError",
+    "NotFittedError",
+    "__version__",
     "load",
 ]

@@ -86,7 +86,9 @@ def score_csv(
     size = input_path.stat().st_size
     try:
         with (
-            tqdm(total=size, unit="B", unit_scale=True, desc="scoring", disable=not progress) as bar,
+            tqdm(
+                total=size, unit="B", unit_scale=True, desc="scoring", disable=not progress
+            ) as bar,
             open(input_path, "rb") as raw,
         ):
             reader = pacsv.open_csv(
@@ -177,7 +179,9 @@ def _model_frame(batch: pa.RecordBatch, trained: set[str], numeric: set[str]) ->
     columns = {}
     for name in trained:
         values = batch.column(name)
-        values = pc.if_else(pc.is_in(values, value_set=_NA), pa.nulls(len(values), pa.string()), values)
+        values = pc.if_else(
+            pc.is_in(values, value_set=_NA), pa.nulls(len(values), pa.string()), values
+        )
         if name in numeric:
             try:
                 columns[name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)

@@ -46,7 +46,9 @@ class Calibrator:
         The sorted calibration scores.
     """
 
-    def __init__(self, *, target_fpr: float = 0.01, method: str = "quantile", evt_level: float = 0.9):
+    def __init__(
+        self, *, target_fpr: float = 0.01, method: str = "quantile", evt_level: float = 0.9
+    ):
         self.target_fpr = target_fpr
         self.method = method
         self.evt_level = evt_level
@@ -55,7 +57,9 @@ class Calibrator:
         if not 0.0 < self.target_fpr < 1.0:
             raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.method not in THRESHOLD_METHODS:
-            raise InputError(f"unknown threshold method {self.method!r}; use one of {THRESHOLD_METHODS}")
+            raise InputError(
+                f"unknown threshold method {self.method!r}; use one of {THRESHOLD_METHODS}"
+            )
         scores = np.sort(np.asarray(scores, dtype=np.float64))
         if len(scores) == 0:
             raise InputError("no calibration rows: give more data or a larger calibration_fraction")
@@ -70,7 +74,9 @@ class Calibrator:
             log.warning(
                 "%d calibration rows cannot support a %.4g false-positive rate (needs %d); the "
                 "threshold is the largest calibration score. Use method='evt' for small rates.",
-                n, self.target_fpr, math.ceil(1 / self.target_fpr) - 1,
+                n,
+                self.target_fpr,
+                math.ceil(1 / self.target_fpr) - 1,
             )
             rank = n
         return float(self.scores_[rank - 1])
@@ -79,7 +85,9 @@ class Calibrator:
         import libspot  # only this rule needs it
 
         if len(self.scores_) < 100:
-            raise InputError(f"the evt threshold needs at least 100 calibration rows, got {len(self.scores_)}")
+            raise InputError(
+                f"the evt threshold needs at least 100 calibration rows, got {len(self.scores_)}"
+            )
         spot = libspot.Spot(q=self.target_fpr, level=self.evt_level, max_excess=len(self.scores_))
         spot.fit(self.scores_)
         self.evt_ = {

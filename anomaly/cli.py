@@ -76,12 +76,16 @@ def _main(
 def train(
     data: Annotated[Path, typer.Argument(help="CSV of normal rows.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
-    model: Annotated[ModelKind, typer.Option(help="Autoencoder, VAE, or linear baseline.")] = ModelKind.ae,
+    model: Annotated[
+        ModelKind, typer.Option(help="Autoencoder, VAE, or linear baseline.")
+    ] = ModelKind.ae,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", "-x", help="Column not to use (repeatable).")
     ] = None,
     target_fpr: Annotated[float, typer.Option(help="False-positive rate of the threshold.")] = 0.01,
-    threshold: Annotated[ThresholdKind, typer.Option(help="Threshold rule.")] = ThresholdKind.quantile,
+    threshold: Annotated[
+        ThresholdKind, typer.Option(help="Threshold rule.")
+    ] = ThresholdKind.quantile,
     score: Annotated[
         ScoreKind | None, typer.Option(help="Score (default: reconstruction; elbo for a VAE).")
     ] = None,
@@ -104,11 +108,22 @@ def train(
 
     frame = read_csv(data)
     detector = Detector(
-        model=model.value, exclude=exclude or (), target_fpr=target_fpr,
-        threshold_method=threshold.value, score=score.value if score else None, epochs=epochs,
-        batch_size=batch_size, hidden=_parse_hidden(hidden), latent=latent, dropout=dropout,
-        denoise=denoise, beta=beta, calibration_fraction=calibration_fraction, device=device,
-        seed=seed, progress=True,
+        model=model.value,
+        exclude=exclude or (),
+        target_fpr=target_fpr,
+        threshold_method=threshold.value,
+        score=score.value if score else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=_parse_hidden(hidden),
+        latent=latent,
+        dropout=dropout,
+        denoise=denoise,
+        beta=beta,
+        calibration_fraction=calibration_fraction,
+        device=device,
+        seed=seed,
+        progress=True,
     ).fit(frame)
     detector.save(out)
     summary = detector.training_summary_

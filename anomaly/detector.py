@@ -186,8 +186,12 @@ class Detector:
     def _build_module(self, arch: dict) -> torch.nn.Module:
         if self.model == "vae":
             return DenseVAE(
-                arch["n_features"], arch["hidden"], arch["latent"], self.dropout,
-                n_samples=self.n_samples, seed=self.seed,
+                arch["n_features"],
+                arch["hidden"],
+                arch["latent"],
+                self.dropout,
+                n_samples=self.n_samples,
+                seed=self.seed,
             )
         return DenseAE(arch["n_features"], arch["hidden"], arch["latent"], self.dropout)
 
@@ -214,7 +218,7 @@ class Detector:
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(X))
         if calibration_data is None:
-            n_cal = int(round(self.calibration_fraction * len(X)))
+            n_cal = round(self.calibration_fraction * len(X))
             if n_cal < 1:
                 raise InputError(
                     f"{len(X)} rows leave no calibration rows at calibration_fraction="
@@ -224,7 +228,7 @@ class Detector:
             cal_columns = _take(columns, cal_idx)
         else:
             cal_columns = schema.coerce(_as_frame(calibration_data))
-        n_val = int(round(self.validation_fraction * len(order)))
+        n_val = round(self.validation_fraction * len(order))
         if len(order) - n_val < 2:
             raise InputError(f"{len(X)} rows are too few to train on; give at least a few dozen")
         val_idx, train_idx = order[:n_val], order[n_val:]
@@ -239,9 +243,15 @@ class Detector:
         module = self._build_module(arch)
         device = resolve_device(self.device)
         config = TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            weight_decay=self.weight_decay, patience=self.patience, denoise=self.denoise,
-            beta=self.beta, seed=self.seed, progress=self.progress,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            denoise=self.denoise,
+            beta=self.beta,
+            seed=self.seed,
+            progress=self.progress,
         )
         history = train(module, x_train, x_val, config, device)
 
@@ -251,9 +261,9 @@ class Detector:
         # Columns are ranked by how unusual their error is for them: a column that is hard to
         # reconstruct on normal rows (noise, a many-level category) does not top every list.
         self.typical_contribution_ = np.maximum(cal_parts.mean(axis=0), 1e-12)
-        self.calibrator_ = Calibrator(
-            target_fpr=self.target_fpr, method=self.threshold_method
-        ).fit(cal_scores)
+        self.calibrator_ = Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).fit(
+            cal_scores
+        )
         self.training_summary_ = {
             "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "n_train": len(train_idx),
@@ -396,10 +406,28 @@ class Detector:
 
 
 _PARAM_NAMES = (
-    "model", "hidden", "latent", "dropout", "denoise", "beta", "score_method", "n_samples",
-    "exclude", "max_categories", "target_fpr", "threshold_method", "calibration_fraction",
-    "validation_fraction", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed",
-    "device", "progress",
+    "model",
+    "hidden",
+    "latent",
+    "dropout",
+    "denoise",
+    "beta",
+    "score_method",
+    "n_samples",
+    "exclude",
+    "max_categories",
+    "target_fpr",
+    "threshold_method",
+    "calibration_fraction",
+    "validation_fraction",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "seed",
+    "device",
+    "progress",
 )
 
 

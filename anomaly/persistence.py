@@ -41,7 +41,9 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
             json.dump({"format_version": FORMAT_VERSION, **meta}, fh, indent=1)
         if path.exists():
             if not (path / META_FILE).exists() and any(path.iterdir()):
-                raise ModelFormatError(f"{path} exists and is not a model directory; not replacing it")
+                raise ModelFormatError(
+                    f"{path} exists and is not a model directory; not replacing it"
+                )
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -60,7 +62,9 @@ def load_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(path)
     meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
-        raise ModelFormatError(f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})")
+        raise ModelFormatError(
+            f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:

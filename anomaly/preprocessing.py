@@ -82,8 +82,6 @@ class TabularPreprocessor:
         return pre
 
     def _build_layout(self) -> None:
-        widths = [
-            len(c.categories) if c.kind == CATEGORICAL else 1 for c in self.schema.columns
-        ]
+        widths = [len(c.categories) if c.kind == CATEGORICAL else 1 for c in self.schema.columns]
         self.n_features_ = int(sum(widths))
         self.feature_owner_ = np.repeat(np.arange(len(widths)), widths)

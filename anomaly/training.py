@@ -72,7 +72,9 @@ def train(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model.to(device)
     train_x, val_x = to_device(x_train, device), to_device(x_val, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
 
     n, batch_size = len(train_x), min(config.batch_size, len(train_x))
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
@@ -101,7 +103,9 @@ def train(
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
         if not math.isfinite(train_loss):
-            raise FloatingPointError("training diverged (loss is not finite); lower the learning rate")
+            raise FloatingPointError(
+                "training diverged (loss is not finite); lower the learning rate"
+            )
         monitored = val_loss if math.isfinite(val_loss) else train_loss  # no validation rows
         if best_loss == math.inf or monitored < best_loss - 1e-6 * abs(best_loss):
             best_loss, best_state, stale = monitored, copy.deepcopy(model.state_dict()), 0

@@ -32,8 +32,25 @@ KINDS = (NUMERIC, BOOLEAN, CATEGORICAL)
 
 # Text read as a missing value, in every column, when reading CSV files (pandas' defaults).
 NA_VALUES = (
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "<NA>",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "None",
+    "n/a",
+    "nan",
+    "null",
 )
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
@@ -98,7 +115,9 @@ class TabularSchema:
         exclude = list(exclude)
         unknown = [c for c in exclude if c not in frame.columns]
         if unknown:
-            raise InputError(f"cannot exclude column {unknown[0]!r}: no such column", column=unknown[0])
+            raise InputError(
+                f"cannot exclude column {unknown[0]!r}: no such column", column=unknown[0]
+            )
         duplicated = frame.columns[frame.columns.duplicated()]
         if len(duplicated):
             raise InputError(f"column {duplicated[0]!r} appears twice", column=str(duplicated[0]))
@@ -136,7 +155,7 @@ class TabularSchema:
         missing = [c for c in self.names if c not in frame.columns]
         if missing:
             raise InputError(
-                f"missing column {missing[0]!r} (the model was trained on: {', '.join(self.names)})",
+                f"missing column {missing[0]!r}, one of the {len(self.names)} the model reads",
                 column=missing[0],
             )
         out = {}
@@ -179,7 +198,10 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise InputError(f"no such file: {path}")
     try:
         frame = pd.read_csv(
-            path, low_memory=False, keep_default_na=False, na_values=list(NA_VALUES),
+            path,
+            low_memory=False,
+            keep_default_na=False,
+            na_values=list(NA_VALUES),
             float_precision="round_trip",  # the same doubles as the batch scorer's parser
         )
     except pd.errors.EmptyDataError:
@@ -210,7 +232,9 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     if len(ranked) > max_categories:
         log.warning(
             "column %r: %d levels, keeping the %d most frequent; the rest count as unseen",
-            name, len(ranked), max_categories,
+            name,
+            len(ranked),
+            max_categories,
         )
     if len(ranked) == len(series) and len(series) > max_categories:
         log.warning("column %r: every value is distinct; is it an identifier to exclude?", name)
@@ -231,14 +255,16 @@ def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
             i = _first_bad(bad)
             raise InputError(
                 f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not a number",
-                column=name, row=row_offset + i,
+                column=name,
+                row=row_offset + i,
             )
     infinite = np.isinf(values)
     if infinite.any():
         i = _first_bad(infinite)
         raise InputError(
             f"column {name!r}, row {row_offset + i}: infinite values are not allowed",
-            column=name, row=row_offset + i,
+            column=name,
+            row=row_offset + i,
         )
     return values
 
@@ -257,7 +283,8 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
         i = _first_bad(bad)
         raise InputError(
             f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not true or false",
-            column=name, row=row_offset + i,
+            column=name,
+            row=row_offset + i,
         )
     return values
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 def mlp(sizes: Sequence[int], dropout: float = 0.0, last_activation: bool = False) -> nn.Sequential:
     """Linear layers between consecutive ``sizes``, GELU (and dropout) between them."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2 or last_activation:
             layers.append(nn.GELU())
@@ -28,7 +29,11 @@ class DenseAE(nn.Module):
     """
 
     def __init__(
-        self, n_features: int, hidden: Sequence[int] = (64, 32), latent: int = 8, dropout: float = 0.0
+        self,
+        n_features: int,
+        hidden: Sequence[int] = (64, 32),
+        latent: int = 8,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.encoder = mlp([n_features, *hidden, latent], dropout)
