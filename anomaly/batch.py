@@ -91,17 +91,9 @@ def score_csv(
             ) as bar,
             open(input_path, "rb") as raw,
         ):
-            reader = pacsv.open_csv(
-                _Counting(raw, bar),
-                read_options=pacsv.ReadOptions(block_size=block_size),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in header},
-                    strings_can_be_null=False,  # passthrough text is written back verbatim
-                ),
-            )
             with open(tmp_name, "wb") as out:
                 out.write(_header_line([*kept, *RESULT_COLUMNS]))
-                for batch in _batches(reader, input_path):
+                for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
                     frame = _model_frame(batch, trained, numeric)
                     result = detector.score(frame, row_offset=rows)
                     out.write(_csv_bytes(_output_table(batch, kept, result)))
@@ -159,15 +151,20 @@ def _read_header(path: Path) -> list[str]:
     return header
 
 
-def _batches(reader: pacsv.CSVStreamingReader, path: Path):
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as exc:
-            raise InputError(f"{path} is not well-formed CSV: {exc}") from None
-        yield batch
+def _read_blocks(stream, header: list[str], block_size: int, path: Path):
+    """Record batches of text columns; Arrow's parse errors become InputError."""
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=block_size),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header},
+                strings_can_be_null=False,  # passthrough text is written back verbatim
+            ),
+        )
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{path} is not well-formed CSV: {exc}") from None
 
 
 def _model_frame(batch: pa.RecordBatch, trained: set[str], numeric: set[str]) -> pd.DataFrame:

@@ -433,7 +433,9 @@ _PARAM_NAMES = (
 
 def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
-        return X
+        if all(isinstance(c, str) for c in X.columns):
+            return X
+        return X.rename(columns=str)  # e.g. pd.DataFrame(array): columns 0, 1, ... become "0", "1"
     if isinstance(X, np.ndarray) and X.ndim == 2:
         return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
     raise InputError(f"expected a DataFrame or a 2-D array, got {type(X).__name__}")

@@ -202,7 +202,6 @@ def read_csv(path: str | Path) -> pd.DataFrame:
             low_memory=False,
             keep_default_na=False,
             na_values=list(NA_VALUES),
-            float_precision="round_trip",  # the same doubles as the batch scorer's parser
         )
     except pd.errors.EmptyDataError:
         raise InputError(f"{path} is empty") from None
@@ -292,7 +291,7 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
 def _to_codes(series: pd.Series, categories: Sequence[str]) -> np.ndarray:
     if not pd.api.types.is_string_dtype(series.dtype):
         series = series.astype(object).where(series.isna(), series.astype(str))
-    return pd.Categorical(series, categories=list(categories)).codes.astype(np.int64)
+    return pd.Index(list(categories), dtype=object).get_indexer(series).astype(np.int64)
 
 
 def _show(value: object, limit: int = 40) -> str:

@@ -1,0 +1,395 @@
+"""Detection quality on ADBench tabular sets.
+
+Question: how well do anomaly's autoencoders (``ae``, ``vae``, ``linear``) rank anomalies above
+normal rows (AUROC, AUPRC) next to PyOD's AutoEncoder, VAE, IForest, ECOD and KNN at their
+defaults, and does a threshold set for a 1% false-positive rate on held-out normal rows hold
+that rate on test normals, at what recall? Protocol: ``benchmarks/_adbench.py``.
+
+Run from the project root (after ``make bench``)::
+
+    .venv/bin/python -m benchmarks.quality --data ../shared/data/adbench \\
+        --out bench-output/quality.json > bench-output/quality.md
+
+The Markdown report goes to stdout (paste it into BENCHMARKS.md); progress and warnings go to
+stderr; ``--out`` writes every run's numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyod
+import sklearn
+import torch
+from pyod.models.auto_encoder import AutoEncoder
+from pyod.models.ecod import ECOD
+from pyod.models.iforest import IForest
+from pyod.models.knn import KNN
+from pyod.models.vae import VAE
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import anomaly
+from anomaly import Detector
+from benchmarks import _adbench
+
+log = logging.getLogger("benchmarks.quality")
+
+TARGET_FPR = 0.01
+OURS = {"anomaly-ae": "ae", "anomaly-vae": "vae", "anomaly-linear": "linear"}
+# PyOD detectors at their defaults, but seeded where they take a seed and quiet.
+PYOD: dict[str, Callable[[int], object]] = {
+    "AutoEncoder": lambda seed: AutoEncoder(random_state=seed, verbose=0),
+    "VAE": lambda seed: VAE(random_state=seed, verbose=0),
+    "IForest": lambda seed: IForest(random_state=seed),
+    "ECOD": lambda seed: ECOD(),
+    "KNN": lambda seed: KNN(),
+}
+METHODS = (*OURS, *PYOD)
+INPUTS = {
+    "anomaly-*": "a DataFrame of the raw columns; the detector standardises them itself",
+    "AutoEncoder, VAE": "raw features; PyOD standardises them itself (preprocessing=True)",
+    "IForest, ECOD, KNN": "raw, unscaled features, as PyOD's defaults take them",
+}
+
+
+@dataclass
+class Scores:
+    calibration: np.ndarray
+    test: np.ndarray
+    threshold: float
+    fit_s: float
+    score_s: float
+
+
+def conformal_threshold(scores: np.ndarray, target_fpr: float = TARGET_FPR) -> float:
+    """The ⌈(n+1)(1-α)⌉-th smallest calibration score (the largest when n is too small).
+
+    The same rule as ``anomaly.calibration.Calibrator`` (method "quantile"); a row is flagged
+    when its score is strictly above the threshold.
+    """
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    rank = min(math.ceil((len(ordered) + 1) * (1.0 - target_fpr)), len(ordered))
+    return float(ordered[rank - 1])
+
+
+def run_ours(model: str, split: _adbench.Split, seed: int) -> Scores:
+    columns = [f"x{i}" for i in range(split.X_train.shape[1])]
+    train = pd.DataFrame(split.X_train, columns=columns)
+    cal = pd.DataFrame(split.X_cal, columns=columns)
+    test = pd.DataFrame(split.X_test, columns=columns)
+    kwargs = {} if model == "linear" else {"seed": seed}
+    t0 = time.perf_counter()
+    det = Detector(model=model, progress=False, **kwargs).fit(train, calibration_data=cal)
+    t1 = time.perf_counter()
+    test_scores = det.score_samples(test)
+    t2 = time.perf_counter()
+    # Not timed: the calibration scores again, to check det.threshold_ against the rule above.
+    cal_scores = det.score_samples(cal)
+    if det.threshold_ != conformal_threshold(cal_scores):
+        log.warning(
+            "%s: threshold_ %r differs from the conformal rule on rescored calibration rows %r",
+            model,
+            det.threshold_,
+            conformal_threshold(cal_scores),
+        )
+    return Scores(cal_scores, test_scores, det.threshold_, t1 - t0, t2 - t1)
+
+
+def run_pyod(name: str, split: _adbench.Split, seed: int) -> Scores:
+    clf = PYOD[name](seed)
+    t0 = time.perf_counter()
+    clf.fit(split.X_train)
+    t1 = time.perf_counter()
+    cal_scores = np.asarray(clf.decision_function(split.X_cal), dtype=np.float64)
+    test_scores = np.asarray(clf.decision_function(split.X_test), dtype=np.float64)
+    t2 = time.perf_counter()
+    return Scores(cal_scores, test_scores, conformal_threshold(cal_scores), t1 - t0, t2 - t1)
+
+
+def evaluate(scores: Scores, y_test: np.ndarray) -> dict:
+    if not (np.isfinite(scores.test).all() and np.isfinite(scores.calibration).all()):
+        raise ValueError("non-finite scores")
+    flagged = scores.test > scores.threshold
+    normal = y_test == 0
+    return {
+        "auroc": float(roc_auc_score(y_test, scores.test)),
+        "auprc": float(average_precision_score(y_test, scores.test)),
+        "threshold": scores.threshold,
+        "fpr": float(flagged[normal].mean()),
+        "recall": float(flagged[~normal].mean()),
+        "fit_s": scores.fit_s,
+        "score_s": scores.score_s,
+        "total_s": scores.fit_s + scores.score_s,
+    }
+
+
+# ---------------------------------------------------------------------- report
+def machine_info() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": f"{psutil.cpu_count(logical=False)} physical, {os.cpu_count()} logical, "
+        f"{len(os.sched_getaffinity(0))} usable",
+        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
+        "pyod": pyod.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "anomaly": f"{anomaly.__version__} (git {commit})",
+    }
+
+
+def command_line() -> str:
+    spec = globals().get("__spec__")
+    head = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
+    return " ".join([head, *map(shlex.quote, sys.argv[1:])])
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def metric_table(runs: pd.DataFrame, metric: str, digits: int, *, rank: bool = False) -> str:
+    """Datasets x methods, mean over seeds; a mean row, and the mean rank if ``rank``."""
+    ok = runs[runs["error"].isna()]
+    table = ok.pivot_table(index="dataset", columns="method", values=metric, aggfunc="mean")
+    table = table.reindex(index=runs["dataset"].unique(), columns=runs["method"].unique())
+    seeds = runs["seed"].nunique()
+    counts = ok.pivot_table(index="dataset", columns="method", values=metric, aggfunc="count")
+    counts = counts.reindex_like(table).fillna(0)
+
+    def cell(value: float, partial: bool = False) -> str:
+        return "n/a" if pd.isna(value) else f"{value:.{digits}f}" + ("*" if partial else "")
+
+    rows = [
+        [d, *(cell(table.at[d, m], counts.at[d, m] < seeds) for m in table.columns)]
+        for d in table.index
+    ]
+    short = table.isna().any()
+    rows.append(["**mean**", *(cell(table[m].mean(), short[m]) for m in table.columns)])
+    if rank:
+        ranks = table.rank(axis=1, ascending=False).mean()
+        rows.append(["**mean rank**", *(f"{ranks[m]:.1f}" for m in table.columns)])
+    return md_table(["dataset", *table.columns], rows)
+
+
+def time_table(runs: pd.DataFrame) -> str:
+    table = runs.pivot_table(index="dataset", columns="method", values="total_s", aggfunc="sum")
+    table = table.reindex(index=runs["dataset"].unique(), columns=runs["method"].unique())
+    rows = [[d, *(f"{table.at[d, m]:.1f}" for m in table.columns)] for d in table.index]
+    rows.append(["**total**", *(f"{table[m].sum():.1f}" for m in table.columns)])
+    return md_table(["dataset", *table.columns], rows)
+
+
+def report(args: argparse.Namespace, info: dict, sets: list[dict], runs: pd.DataFrame) -> str:
+    seeds = " ".join(map(str, args.seeds))
+    out = [
+        "## Detection quality (ADBench tabular sets)",
+        "",
+        "```",
+        command_line(),
+        "```",
+        "",
+        *(f"- {k}: {v}" for k, v in info.items()),
+        "",
+        f"Protocol, per seed ({seeds}): normal rows shuffled, 60% train, 10% calibration, 30% "
+        "test; test = those normals + all anomalies; train and test capped at "
+        f"{_adbench.MAX_ROWS:,} rows by a seeded random choice. Thresholds for a "
+        f"{TARGET_FPR:.0%} false-positive rate come from the calibration rows by the same "
+        "conformal rule for every method (the ⌈(n+1)(1-α)⌉-th smallest calibration score, the "
+        "largest when n < 99); a test row is flagged when its score is above it. Cells are means "
+        "over seeds. Methods at their defaults (seeded); what each is given:",
+        "",
+        *(f"- {k}: {v}" for k, v in INPUTS.items()),
+        "",
+        md_table(
+            ["dataset", "rows", "features", "anomalies", "train", "calibration", "test (anom.)"],
+            [
+                [
+                    s["dataset"],
+                    f"{s['rows']:,}",
+                    str(s["features"]),
+                    f"{s['anomalies']:,} ({s['anomalies'] / s['rows']:.1%})",
+                    f"{s['n_train']:,}",
+                    f"{s['n_cal']:,}",
+                    f"{s['n_test']:,} ({s['n_test_anomalies']:,})",
+                ]
+                for s in sets
+            ],
+        ),
+        "",
+        "### AUROC",
+        "",
+        metric_table(runs, "auroc", 3, rank=True),
+        "",
+        "### AUPRC (average precision)",
+        "",
+        metric_table(runs, "auprc", 3, rank=True),
+        "",
+        f"### Observed false-positive rate on test normals (target {TARGET_FPR:.0%})",
+        "",
+        metric_table(runs, "fpr", 4),
+        "",
+        f"### Recall on test anomalies at the {TARGET_FPR:.0%} threshold",
+        "",
+        metric_table(runs, "recall", 3),
+        "",
+        "### Wall time, seconds (fit + scoring calibration and test rows, summed over seeds)",
+        "",
+        time_table(runs),
+    ]
+    errors = runs[runs["error"].notna()]
+    if len(errors):
+        out += ["", "`*` some seeds failed; `n/a` all failed:", ""]
+        out += [f"- {r.dataset} seed {r.seed} {r.method}: {r.error}" for r in errors.itertuples()]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/adbench", help="folder of .npz sets")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", help="set names, e.g. cardio (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--out", type=Path, help="write every run's results here as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        paths = _adbench.find_datasets(args.data, args.datasets)
+    except ValueError as exc:
+        sys.exit(str(exc))
+    info = machine_info()
+    started = time.perf_counter()
+    sets: list[dict] = []
+    records: list[dict] = []
+    n_runs, done = len(paths) * len(args.seeds) * len(args.methods), 0
+    for path in paths:
+        data = _adbench.load(path)
+        for seed in args.seeds:
+            split = _adbench.split(data, seed)
+            sizes = {
+                "n_train": len(split.X_train),
+                "n_cal": len(split.X_cal),
+                "n_test": len(split.y_test),
+                "n_test_anomalies": int(split.y_test.sum()),
+            }
+            if seed == args.seeds[0]:
+                sets.append(
+                    {
+                        "dataset": data.name,
+                        "rows": len(data.y),
+                        "features": data.X.shape[1],
+                        "anomalies": int(data.y.sum()),
+                        **sizes,
+                    }
+                )
+            for method in args.methods:
+                done += 1
+                record = {"dataset": data.name, "seed": seed, "method": method, **sizes}
+                try:
+                    if method in OURS:
+                        scores = run_ours(OURS[method], split, seed)
+                    else:
+                        scores = run_pyod(method, split, seed)
+                    record |= evaluate(scores, split.y_test)
+                    record["error"] = None
+                    print(
+                        f"[{done}/{n_runs}] {data.name} seed {seed} {method}: "
+                        f"AUROC {record['auroc']:.3f} AUPRC {record['auprc']:.3f} "
+                        f"FPR {record['fpr']:.4f} recall {record['recall']:.3f} "
+                        f"({record['fit_s']:.1f}s + {record['score_s']:.1f}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                except Exception as exc:  # one failing run must not lose the others
+                    traceback.print_exc()
+                    record["error"] = f"{type(exc).__name__}: {exc}"
+                    print(
+                        f"[{done}/{n_runs}] {data.name} seed {seed} {method}: FAILED",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                records.append(record)
+            if args.out:
+                write_json(args.out, args, info, sets, records, started, complete=False)
+    runs = pd.DataFrame.from_records(records)
+    for column in ("auroc", "auprc", "fpr", "recall", "total_s"):
+        if column not in runs:
+            runs[column] = np.nan
+    print(report(args, info, sets, runs), end="")
+    elapsed = time.perf_counter() - started
+    print(f"\nTotal wall time: {elapsed / 60:.1f} min.")
+    if args.out:
+        write_json(args.out, args, info, sets, records, started, complete=True)
+
+
+def write_json(
+    path: Path,
+    args: argparse.Namespace,
+    info: dict,
+    sets: list[dict],
+    records: list[dict],
+    started: float,
+    *,
+    complete: bool,
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": "quality",
+        "command": command_line(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        "elapsed_s": time.perf_counter() - started,
+        "machine": info,
+        "target_fpr": TARGET_FPR,
+        "max_rows": _adbench.MAX_ROWS,
+        "seeds": args.seeds,
+        "inputs": INPUTS,
+        "datasets": sets,
+        "runs": records,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.batch import score_csv
+from anomaly.data import read_csv
+from anomaly.errors import InputError
+
+
+@pytest.fixture()
+def input_csv(test_rows, tmp_path):
+    path = tmp_path / "input.csv"
+    test_rows.to_csv(path, index=False)
+    return path
+
+
+def test_file_scores_equal_dataframe_scores_in_small_blocks(fitted_ae, input_csv, tmp_path):
+    out = tmp_path / "out.csv"
+    summary = score_csv(fitted_ae, input_csv, out, block_size=16 << 10, progress=False)
+    written = pd.read_csv(out)
+    expected = fitted_ae.score(read_csv(input_csv))
+    assert summary.rows == len(expected) and summary.flagged == expected["is_anomaly"].sum()
+    assert np.array_equal(written["anomaly_score"], expected["anomaly_score"])
+    assert np.array_equal(written["p_value"], expected["p_value"])
+    assert (written["is_anomaly"] == expected["is_anomaly"]).all()
+    assert (written["top_features"] == expected["top_features"]).all()
+
+
+def test_every_input_column_is_kept_verbatim(fitted_ae, input_csv, tmp_path):
+    out = tmp_path / "out.csv"
+    score_csv(fitted_ae, input_csv, out, progress=False)
+    with open(input_csv, newline="") as a, open(out, newline="") as b:
+        rows_in, rows_out = list(csv.reader(a)), list(csv.reader(b))
+    width = len(rows_in[0])
+    assert rows_out[0] == rows_in[0] + ["anomaly_score", "is_anomaly", "p_value", "top_features"]
+    assert [r[:width] for r in rows_out] == rows_in
+
+
+def test_missing_value_tokens_and_quoted_text(fitted_ae, test_rows, tmp_path):
+    rows = test_rows.head(20).copy()
+    rows["timestamp"] = 'a, quoted "value"'
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False)
+    text = path.read_text().splitlines()
+    header = text[0].split(",")
+    cpu = header.index("cpu")
+    first = next(csv.reader([text[1]]))
+    first[cpu] = "NA"
+    text[1] = ",".join(
+        f'"{v}"' if "," in v or '"' in v else v for v in [x.replace('"', '""') for x in first]
+    )
+    path.write_text("\n".join(text) + "\n")
+    out = tmp_path / "out.csv"
+    score_csv(fitted_ae, path, out, progress=False)
+    written = pd.read_csv(out, keep_default_na=False)
+    assert written["cpu"].iloc[0] == "NA"
+    assert (written["timestamp"] == 'a, quoted "value"').all()
+    expected = fitted_ae.score(read_csv(path))
+    assert np.array_equal(written["anomaly_score"], expected["anomaly_score"])
+
+
+def test_bad_value_late_in_the_file_names_column_and_line_and_writes_nothing(
+    fitted_ae, test_rows, tmp_path
+):
+    rows = test_rows.astype({"memory": object})
+    rows.loc[rows.index[1500], "memory"] = "12,5"
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    with pytest.raises(
+        InputError, match=r"column 'memory', row 1500: '12,5' is not a number .*line 1502"
+    ) as info:
+        score_csv(fitted_ae, path, out, block_size=16 << 10, progress=False)
+    assert (info.value.column, info.value.row) == ("memory", 1500)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, no temp file
+
+
+def test_failed_run_leaves_an_existing_output_untouched(fitted_ae, test_rows, tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_text("previous results\n")
+    path = tmp_path / "in.csv"
+    test_rows.drop(columns=["errors"]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="missing column 'errors'"):
+        score_csv(fitted_ae, path, out, progress=False)
+    assert out.read_text() == "previous results\n"
+
+
+def test_empty_and_header_only_files(fitted_ae, test_rows, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="is empty"):
+        score_csv(fitted_ae, empty, tmp_path / "out.csv", progress=False)
+    header = tmp_path / "header.csv"
+    header.write_text(",".join(test_rows.columns) + "\n")
+    summary = score_csv(fitted_ae, header, tmp_path / "out.csv", progress=False)
+    assert summary.rows == 0
+    assert (tmp_path / "out.csv").read_text().strip().endswith("p_value,top_features")
+
+
+def test_ragged_rows_are_reported(fitted_ae, input_csv, tmp_path):
+    with open(input_csv, "a") as fh:
+        fh.write("1,2,3\n")
+    with pytest.raises(InputError, match="not well-formed CSV"):
+        score_csv(fitted_ae, input_csv, tmp_path / "out.csv", progress=False)
+    assert not (tmp_path / "out.csv").exists()

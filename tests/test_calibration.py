@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from anomaly.calibration import Calibrator
+from anomaly.errors import InputError
+
+
+def test_quantile_threshold_is_the_conformal_order_statistic():
+    scores = np.arange(1, 100, dtype=float)  # 99 scores: 1..99
+    cal = Calibrator(target_fpr=0.05).fit(scores)
+    # ceil((99 + 1) * 0.95) = 95th smallest
+    assert cal.threshold_ == 95.0
+
+
+def test_observed_fpr_on_fresh_normals_is_near_target():
+    rng = np.random.default_rng(0)
+    cal = Calibrator(target_fpr=0.01).fit(rng.standard_normal(5000))
+    fpr = cal.flag(rng.standard_normal(200_000)).mean()
+    assert 0.006 < fpr < 0.014
+
+
+def test_p_values_follow_the_formula():
+    cal = Calibrator().fit(np.array([1.0, 2.0, 3.0, 4.0]))
+    p = cal.p_values(np.array([0.0, 2.0, 2.5, 4.0, 9.0]))
+    assert p.tolist() == [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5]
+
+
+def test_flagged_rows_have_small_p_values():
+    rng = np.random.default_rng(1)
+    cal = Calibrator(target_fpr=0.05).fit(rng.standard_normal(999))
+    new = rng.standard_normal(10_000) * 2
+    assert (cal.p_values(new)[cal.flag(new)] <= 0.05).all()
+
+
+def test_too_small_a_calibration_set_falls_back_to_the_maximum(caplog):
+    cal = Calibrator(target_fpr=0.001).fit(np.arange(10.0))
+    assert cal.threshold_ == 9.0
+    assert "cannot support" in caplog.text
+
+
+def test_evt_reaches_rates_below_one_over_n():
+    rng = np.random.default_rng(2)
+    cal = Calibrator(target_fpr=1e-4, method="evt").fit(rng.standard_exponential(2000))
+    # The exponential's true 1e-4 quantile is ln(1e4) = 9.21; the sample max is about 7.6.
+    assert 7.0 < cal.threshold_ < 12.0
+    assert cal.threshold_ > cal.scores_.max()
+    fpr = cal.flag(rng.standard_exponential(1_000_000)).mean()
+    assert fpr < 5e-4
+
+
+def test_bad_settings_and_empty_scores_are_refused():
+    with pytest.raises(InputError, match="target_fpr"):
+        Calibrator(target_fpr=1.5).fit(np.ones(10))
+    with pytest.raises(InputError, match="unknown threshold method"):
+        Calibrator(method="magic").fit(np.ones(10))
+    with pytest.raises(InputError, match="no calibration rows"):
+        Calibrator().fit(np.array([]))
+    with pytest.raises(InputError, match="at least 100"):
+        Calibrator(method="evt").fit(np.ones(10))
+
+
+def test_state_round_trips_through_dict():
+    rng = np.random.default_rng(3)
+    for method in ("quantile", "evt"):
+        cal = Calibrator(target_fpr=0.01, method=method).fit(rng.standard_exponential(500))
+        again = Calibrator.from_dict(cal.to_dict())
+        assert again.threshold_ == cal.threshold_
+        new = rng.standard_exponential(100)
+        assert np.array_equal(again.p_values(new), cal.p_values(new))

@@ -1,0 +1,134 @@
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import EXCLUDE
+from sklearn.metrics import roc_auc_score
+
+from anomaly import Detector, InputError, ModelFormatError, NotFittedError
+from anomaly.datasets import make_service_metrics
+
+
+@pytest.mark.parametrize("name", ["fitted_ae", "fitted_vae"])
+def test_detects_injected_anomalies_at_the_target_rate(name, test_rows, request):
+    det = request.getfixturevalue(name)
+    result = det.score(test_rows)
+    y = test_rows["label"].to_numpy()
+    assert roc_auc_score(y, result["anomaly_score"]) > 0.9
+    fpr = result["is_anomaly"][y == 0].mean()
+    assert 0.002 <= fpr <= 0.03  # target 1%, 2000 fresh normal rows
+    assert list(result.columns) == ["anomaly_score", "is_anomaly", "p_value", "top_features"]
+    assert result.index.equals(test_rows.index)
+
+
+def test_score_is_threshold_then_flag(fitted_ae, test_rows):
+    result = fitted_ae.score(test_rows)
+    assert (result["is_anomaly"] == (result["anomaly_score"] > fitted_ae.threshold_)).all()
+    assert np.array_equal(result["anomaly_score"], fitted_ae.score_samples(test_rows))
+    assert result["p_value"].between(0, 1).all()
+
+
+def test_top_features_name_the_broken_columns(fitted_ae):
+    rows = make_service_metrics(300, seed=5)
+    rows["latency_ms"] = rows["latency_ms"] * 4  # only latency departs from normal
+    top = fitted_ae.score(rows)["top_features"].str.split(";").str[0]
+    assert (top == "latency_ms").mean() > 0.9
+
+
+def test_same_row_same_score_whatever_its_neighbours(fitted_ae, fitted_vae, test_rows):
+    for det in (fitted_ae, fitted_vae):
+        full = det.score_samples(test_rows)
+        for size in (1, 3, 7, 16, 33):
+            part = det.score_samples(test_rows.iloc[:size])
+            assert np.array_equal(part, full[:size]), size
+        shuffled = test_rows.sample(frac=1.0, random_state=3)
+        assert np.array_equal(det.score_samples(shuffled), full[shuffled.index])
+
+
+def test_same_seed_same_model(normal_rows, test_rows):
+    def fit():
+        return Detector(exclude=EXCLUDE, epochs=3, seed=7).fit(normal_rows)
+
+    assert np.array_equal(fit().score_samples(test_rows), fit().score_samples(test_rows))
+
+
+def test_save_load_round_trip_gives_identical_scores(fitted_vae, test_rows, tmp_path):
+    fitted_vae.save(tmp_path / "model")
+    loaded = Detector.load(tmp_path / "model")
+    pd.testing.assert_frame_equal(loaded.score(test_rows), fitted_vae.score(test_rows))
+    assert loaded.get_params() == {**fitted_vae.get_params(), "device": "cpu"}
+    assert loaded.history_ == fitted_vae.history_
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert files == ["detector.json", "weights.safetensors"]  # no pickle anywhere
+
+
+def test_save_replaces_a_model_directory_but_nothing_else(fitted_ae, tmp_path):
+    fitted_ae.save(tmp_path / "model")
+    fitted_ae.save(tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ModelFormatError, match="not a model directory"):
+        fitted_ae.save(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_load_refuses_what_is_not_a_model(tmp_path):
+    with pytest.raises(ModelFormatError, match="not a model directory"):
+        Detector.load(tmp_path)
+
+
+def test_missing_values_and_unseen_categories_score_without_error(fitted_ae, test_rows):
+    rows = test_rows.head(5).copy()
+    rows.loc[rows.index[0], "cpu"] = np.nan
+    rows.loc[rows.index[1], "region"] = "mars-1"
+    rows.loc[rows.index[2], "cached"] = None
+    assert np.isfinite(fitted_ae.score_samples(rows)).all()
+
+
+def test_unfitted_and_bad_input(fitted_ae, test_rows):
+    with pytest.raises(NotFittedError):
+        Detector().score(test_rows)
+    with pytest.raises(InputError, match="missing column 'cpu'"):
+        fitted_ae.score(test_rows.drop(columns=["cpu"]))
+    bad = test_rows.head(4).astype({"memory": object})
+    bad.loc[bad.index[2], "memory"] = "n/a?"
+    with pytest.raises(InputError, match=r"column 'memory', row 2: 'n/a\?' is not a number"):
+        fitted_ae.score(bad)
+
+
+def test_bad_parameters_are_refused_at_fit(normal_rows):
+    with pytest.raises(InputError, match="unknown model"):
+        Detector(model="gan").fit(normal_rows)
+    with pytest.raises(InputError, match="needs model='vae'"):
+        Detector(model="ae", score="elbo").fit(normal_rows)
+    with pytest.raises(InputError, match="too few"):
+        Detector().fit(normal_rows.head(3).drop(columns=["timestamp"]))
+
+
+def test_calibration_data_is_used_when_given(normal_rows):
+    cal = make_service_metrics(500, seed=9)
+    det = Detector(exclude=EXCLUDE, epochs=2).fit(normal_rows, calibration_data=cal)
+    assert det.training_summary_["n_calibration"] == 500
+    assert det.training_summary_["n_train"] + det.training_summary_["n_validation"] == 3000
+
+
+def test_evt_threshold_for_very_small_rates(normal_rows, test_rows):
+    det = Detector(exclude=EXCLUDE, epochs=5, target_fpr=1e-4, threshold_method="evt")
+    det.fit(normal_rows)
+    assert det.threshold_ > det.calibrator_.scores_.max()
+    assert det.score(test_rows)["is_anomaly"].mean() < 0.1
+
+
+def test_linear_preset_and_iwae_score_run(normal_rows, test_rows):
+    linear = Detector(model="linear", exclude=EXCLUDE, epochs=5).fit(normal_rows)
+    assert linear.architecture_["hidden"] == []
+    iwae = Detector(model="vae", score="iwae", n_samples=4, exclude=EXCLUDE, epochs=5)
+    assert np.isfinite(iwae.fit(normal_rows).score_samples(test_rows)).all()
+
+
+def test_numpy_arrays_are_accepted():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 3))
+    det = Detector(epochs=2).fit(X)
+    assert det.schema_.names == ["x0", "x1", "x2"]
+    assert det.score(X).shape == (400, 4)

@@ -1,0 +1,22 @@
+import pandas as pd
+
+from anomaly.datasets import make_service_metrics
+from pipelines import batch_score, train
+
+
+def test_scheduler_entry_points_train_then_score(tmp_path):
+    make_service_metrics(600, seed=0).to_csv(tmp_path / "normal.csv", index=False)
+    code = train.main([
+        "--data", str(tmp_path / "normal.csv"), "--out", str(tmp_path / "model"),
+        "--exclude", "host_id", "--exclude", "timestamp", "--exclude", "label",
+    ])  # fmt: skip
+    assert code == 0
+    make_service_metrics(100, 10, seed=1).to_csv(tmp_path / "new.csv", index=False)
+    args = ["--model", str(tmp_path / "model"), "--input", str(tmp_path / "new.csv")]
+    assert batch_score.main([*args, "--output", str(tmp_path / "out.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 110
+
+
+def test_scheduler_exit_code_for_bad_input(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    assert train.main(["--data", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "m")]) == 2

@@ -1,0 +1,44 @@
+import numpy as np
+import pandas as pd
+
+from anomaly.data.tabular import TabularSchema
+from anomaly.preprocessing import TabularPreprocessor
+
+
+def _fit(frame):
+    schema = TabularSchema.infer(frame)
+    return schema, TabularPreprocessor(schema).fit(schema.coerce(frame))
+
+
+def test_standardises_with_training_statistics_and_imputes_median():
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, np.nan, 100.0]})
+    schema, pre = _fit(frame)
+    stats = pre.stats_["x"]
+    assert stats["median"] == 2.5
+    filled = np.array([1.0, 2.0, 3.0, 2.5, 100.0])
+    assert np.isclose(stats["mean"], filled.mean()) and np.isclose(stats["scale"], filled.std())
+    out = pre.transform(schema.coerce(pd.DataFrame({"x": [np.nan]})))
+    assert np.isclose(out[0, 0], (2.5 - filled.mean()) / filled.std())
+
+
+def test_constant_column_keeps_unit_scale():
+    schema, pre = _fit(pd.DataFrame({"x": [5.0] * 4, "y": [1.0, 2.0, 3.0, 4.0]}))
+    assert pre.stats_["x"]["scale"] == 1.0
+    out = pre.transform(schema.coerce(pd.DataFrame({"x": [7.0], "y": [2.0]})))
+    assert out[0, 0] == 2.0  # a departure from the constant shows in raw units
+
+
+def test_one_hot_with_unseen_category_all_zero():
+    schema, pre = _fit(pd.DataFrame({"c": ["a", "b", "a"], "x": [1.0, 2.0, 3.0]}))
+    assert pre.n_features_ == 3
+    assert pre.feature_owner_.tolist() == [0, 0, 1]
+    out = pre.transform(schema.coerce(pd.DataFrame({"c": ["b", "zzz", None], "x": [1.0] * 3})))
+    assert out[:, :2].tolist() == [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+def test_state_round_trips_through_dict():
+    frame = pd.DataFrame({"c": ["a", "b", "a"], "x": [1.0, np.nan, 3.0], "f": [True, False, True]})
+    schema, pre = _fit(frame)
+    again = TabularPreprocessor.from_dict(schema, pre.to_dict())
+    columns = schema.coerce(frame)
+    assert np.array_equal(pre.transform(columns), again.transform(columns))

@@ -1,0 +1,124 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.data.tabular import BOOLEAN, CATEGORICAL, NUMERIC, TabularSchema, read_csv
+from anomaly.errors import InputError
+
+
+def _frame():
+    return pd.DataFrame(
+        {
+            "id": [1, 2, 3, 4],
+            "x": [1.0, np.nan, 3.0, 4.0],
+            "color": ["red", "blue", "red", None],
+            "ok": [True, False, True, True],
+            "yes": ["yes", "no", "no", None],
+            "empty": [np.nan] * 4,
+        }
+    )
+
+
+def test_infer_kinds_categories_and_ignored():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    kinds = {c.name: c.kind for c in schema.columns}
+    assert kinds == {"x": NUMERIC, "color": CATEGORICAL, "ok": BOOLEAN, "yes": BOOLEAN}
+    assert schema.columns[1].categories == ("red", "blue")  # most frequent first
+    assert schema.ignored == {"id": "excluded", "empty": "all values missing"}
+
+
+def test_schema_round_trips_through_dict():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    again = TabularSchema.from_dict(schema.to_dict())
+    assert again == schema
+    assert again.fingerprint() == schema.fingerprint()
+
+
+def test_category_order_does_not_depend_on_row_order():
+    frame = pd.DataFrame({"c": ["b", "a", "b", "a", "c"]})
+    reordered = frame.iloc[::-1].reset_index(drop=True)
+    first = TabularSchema.infer(frame).columns[0].categories
+    assert first == TabularSchema.infer(reordered).columns[0].categories == ("a", "b", "c")
+
+
+def test_max_categories_keeps_most_frequent():
+    frame = pd.DataFrame({"c": ["a"] * 5 + ["b"] * 3 + ["c"]})
+    schema = TabularSchema.infer(frame, max_categories=2)
+    assert schema.columns[0].categories == ("a", "b")
+
+
+def test_excluding_unknown_column_is_refused():
+    with pytest.raises(InputError, match="cannot exclude column 'nope'"):
+        TabularSchema.infer(_frame(), exclude=["nope"])
+
+
+def test_timestamp_column_must_be_excluded():
+    frame = pd.DataFrame({"t": pd.date_range("2026-01-01", periods=3), "x": [1.0, 2.0, 3.0]})
+    with pytest.raises(InputError, match="exclude it"):
+        TabularSchema.infer(frame)
+
+
+def test_no_rows_and_no_columns_are_refused():
+    with pytest.raises(InputError, match="no rows"):
+        TabularSchema.infer(pd.DataFrame({"x": []}))
+    with pytest.raises(InputError, match="no usable columns"):
+        TabularSchema.infer(pd.DataFrame({"x": [np.nan, np.nan]}))
+
+
+def test_coerce_codes_unseen_and_missing_categories_as_minus_one():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    out = schema.coerce(pd.DataFrame({"x": [1], "color": ["green"], "ok": [True], "yes": ["y"]}))
+    assert out["color"].tolist() == [-1]
+    out = schema.coerce(
+        pd.DataFrame({"x": [1, 2], "color": [None, "blue"], "ok": [1, 0], "yes": ["NO", "T"]})
+    )
+    assert out["color"].tolist() == [-1, 1]
+    assert out["ok"].tolist() == [1.0, 0.0]
+    assert out["yes"].tolist() == [0.0, 1.0]
+
+
+def test_coerce_missing_column_names_it():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    with pytest.raises(InputError, match="missing column 'x'") as info:
+        schema.coerce(pd.DataFrame({"color": ["red"], "ok": [True], "yes": ["y"]}))
+    assert info.value.column == "x"
+
+
+def test_coerce_non_numeric_value_names_column_and_first_bad_row():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    frame = pd.DataFrame(
+        {"x": ["1", "2.5", "abc", "zz"], "color": ["red"] * 4, "ok": [True] * 4, "yes": ["y"] * 4}
+    )
+    with pytest.raises(InputError, match=r"column 'x', row 12: 'abc' is not a number") as info:
+        schema.coerce(frame, row_offset=10)
+    assert (info.value.column, info.value.row) == ("x", 12)
+
+
+def test_coerce_refuses_infinity_and_bad_booleans():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    base = {"x": [1.0, 2.0], "color": ["red"] * 2, "ok": [True] * 2, "yes": ["y"] * 2}
+    with pytest.raises(InputError, match=r"column 'x', row 1: infinite"):
+        schema.coerce(pd.DataFrame({**base, "x": [1.0, np.inf]}))
+    with pytest.raises(InputError, match=r"column 'ok', row 0: 'maybe' is not true or false"):
+        schema.coerce(pd.DataFrame({**base, "ok": ["maybe", "true"]}))
+
+
+def test_error_messages_do_not_echo_long_values():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    frame = pd.DataFrame({"x": ["z" * 10_000], "color": ["red"], "ok": [True], "yes": ["y"]})
+    with pytest.raises(InputError) as info:
+        schema.coerce(frame)
+    assert len(str(info.value)) < 120
+
+
+def test_read_csv_empty_and_header_only(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="is empty"):
+        read_csv(empty)
+    header = tmp_path / "header.csv"
+    header.write_text("a,b\n")
+    with pytest.raises(InputError, match="no rows"):
+        read_csv(header)
+    with pytest.raises(InputError, match="no such file"):
+        read_csv(tmp_path / "absent.csv")
