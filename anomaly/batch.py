@@ -13,23 +13,18 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm.auto import tqdm
 
-from anomaly.data.tabular import NA_VALUES, NUMERIC
 from anomaly.detector import RESULT_COLUMNS, Detector
 from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
-
-_NA = pa.array(NA_VALUES, pa.string())
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ def score_csv(
     input_path: str | Path,
     output_path: str | Path,
     *,
-    block_size: int = 8 << 20,
+    block_size: int = 2 << 20,
     progress: bool = True,
 ) -> BatchSummary:
     """Score every row of ``input_path`` and write ``output_path`` atomically.
@@ -57,8 +52,9 @@ def score_csv(
     input_path, output_path : path
         CSV in; CSV out with every input column plus ``anomaly_score``, ``is_anomaly``,
         ``p_value`` and ``top_features``.
-    block_size : int, default=8 MiB
-        Bytes of input read at a time; memory use is a small multiple of it.
+    block_size : int, default=2 MiB
+        Bytes of input read at a time. Arrow reads up to 32 blocks ahead, so memory use is
+        bounded by a few hundred times the block size, whatever the file's size.
     progress : bool, default=True
         Show a progress bar over the input's bytes.
 
@@ -70,14 +66,12 @@ def score_csv(
     """
     input_path, output_path = Path(input_path), Path(output_path)
     header = _read_header(input_path)
-    trained = set(detector.schema_.names)
     missing = [c for c in detector.schema_.names if c not in header]
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])
     kept = [c for c in header if c not in RESULT_COLUMNS]
     if len(kept) < len(header):
         log.warning("%s already has result columns; they are replaced", input_path)
-    numeric = {c.name for c in detector.schema_.columns if c.kind == NUMERIC}
 
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
@@ -90,15 +84,23 @@ def score_csv(
                 total=size, unit="B", unit_scale=True, desc="scoring", disable=not progress
             ) as bar,
             open(input_path, "rb") as raw,
+            open(tmp_name, "wb") as out,
         ):
-            with open(tmp_name, "wb") as out:
-                out.write(_header_line([*kept, *RESULT_COLUMNS]))
+            out.write(_header_line([*kept, *RESULT_COLUMNS]))
+            # One block is written (Arrow formats it without the GIL) while the next is scored.
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                written = None
                 for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
-                    frame = _model_frame(batch, trained, numeric)
-                    result = detector.score(frame, row_offset=rows)
-                    out.write(_csv_bytes(_output_table(batch, kept, result)))
+                    columns = detector.schema_.coerce_text(batch, row_offset=rows)
+                    result = detector.score_columns(columns)
+                    table = _output_table(batch, kept, result)
+                    if written is not None:
+                        written.result()  # in order, and a failed write stops the run
+                    written = writer.submit(_write_csv, out, table)
                     rows += batch.num_rows
                     flagged += int(result["is_anomaly"].sum())
+                if written is not None:
+                    written.result()
         os.replace(tmp_name, output_path)
     except InputError as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -167,34 +169,9 @@ def _read_blocks(stream, header: list[str], block_size: int, path: Path):
         raise InputError(f"{path} is not well-formed CSV: {exc}") from None
 
 
-def _model_frame(batch: pa.RecordBatch, trained: set[str], numeric: set[str]) -> pd.DataFrame:
-    """The trained columns of a block, missing-value tokens made null, numbers parsed by Arrow.
-
-    A numeric column Arrow cannot parse stays text: the detector's own checks then find and
-    name the first bad value.
-    """
-    columns = {}
-    for name in trained:
-        values = batch.column(name)
-        values = pc.if_else(
-            pc.is_in(values, value_set=_NA), pa.nulls(len(values), pa.string()), values
-        )
-        if name in numeric:
-            try:
-                columns[name] = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-                continue
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-        columns[name] = pd.Series(values.to_numpy(zero_copy_only=False), dtype=object)
-    return pd.DataFrame(columns)
-
-
-def _output_table(batch: pa.RecordBatch, kept: list[str], result: pd.DataFrame) -> pa.Table:
+def _output_table(batch: pa.RecordBatch, kept: list[str], result: dict) -> pa.Table:
     arrays = [batch.column(name) for name in kept] + [
-        pa.array(result["anomaly_score"].to_numpy(np.float64)),
-        pa.array(result["is_anomaly"].to_numpy(bool)),
-        pa.array(result["p_value"].to_numpy(np.float64)),
-        pa.array(result["top_features"].to_numpy(object), pa.string()),
+        pa.array(result[name]) for name in RESULT_COLUMNS
     ]
     return pa.Table.from_arrays(arrays, names=[*kept, *RESULT_COLUMNS])
 
@@ -205,12 +182,12 @@ def _header_line(names: list[str]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _csv_bytes(table: pa.Table) -> bytes:
-    """CSV text of a block: unquoted unless a value needs quotes (then strings are quoted)."""
+def _write_csv(out, table: pa.Table) -> None:
+    """Append a block as CSV: unquoted unless a value needs quotes (then strings are quoted)."""
     sink = pa.BufferOutputStream()
     try:
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
     except pa.ArrowInvalid:  # a comma, quote or newline inside a value
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
-    return sink.getvalue().to_pybytes()
+    out.write(sink.getvalue())

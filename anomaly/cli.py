@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,19 +24,19 @@ app = typer.Typer(
 )
 
 
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     ae = "ae"
     vae = "vae"
     linear = "linear"
 
 
-class ScoreKind(str, Enum):
+class ScoreKind(StrEnum):
     reconstruction = "reconstruction"
     elbo = "elbo"
     iwae = "iwae"
 
 
-class ThresholdKind(str, Enum):
+class ThresholdKind(StrEnum):
     quantile = "quantile"
     evt = "evt"
 
@@ -78,7 +78,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     model: Annotated[
         ModelKind, typer.Option(help="Autoencoder, VAE, or linear baseline.")
-    ] = ModelKind.ae,
+    ] = ModelKind.vae,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", "-x", help="Column not to use (repeatable).")
     ] = None,
@@ -90,7 +90,9 @@ def train(
         ScoreKind | None, typer.Option(help="Score (default: reconstruction; elbo for a VAE).")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Rows per training step.")] = 512,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Rows per training step (default: from the data size).")
+    ] = None,
     hidden: Annotated[
         str | None, typer.Option(help="Hidden widths, comma-separated, e.g. 64,32.")
     ] = None,

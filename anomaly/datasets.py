@@ -52,13 +52,13 @@ def make_service_metrics(
         rows = np.arange(n_normal, n)
         kind = rows % 3
         burst, stall, hot = rows[kind == 0], rows[kind == 1], rows[kind == 2]
-        frame.loc[burst, "errors"] = frame.loc[burst, "errors"] + rng.poisson(8, len(burst))
-        frame.loc[burst, "latency_ms"] = frame.loc[burst, "latency_ms"] * 2.5
-        frame.loc[stall, "bytes_out"] = frame.loc[stall, "bytes_out"] * 0.1
-        frame.loc[stall, "cpu"] = frame.loc[stall, "cpu"] * 0.4
+        frame.loc[burst, "errors"] = frame.loc[burst, "errors"] + rng.poisson(15, len(burst))
+        frame.loc[burst, "latency_ms"] = frame.loc[burst, "latency_ms"] * 3
+        frame.loc[stall, "bytes_out"] = frame.loc[stall, "bytes_out"] * 0.05
+        frame.loc[stall, "cpu"] = frame.loc[stall, "cpu"] * 0.3
         frame.loc[hot, "region"] = "eu-north"
-        frame.loc[hot, "requests"] = frame.loc[hot, "requests"] * 3
-        frame.loc[hot, "cpu"] = frame.loc[hot, "cpu"] * 2.5
+        frame.loc[hot, "requests"] = frame.loc[hot, "requests"] * 4
+        frame.loc[hot, "cpu"] = frame.loc[hot, "cpu"] * 3
         frame.loc[rows, "label"] = 1
     if missing > 0:
         frame.loc[rng.random(n) < missing, "latency_ms"] = np.nan

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from anomaly.calibration import Calibrator
@@ -34,6 +33,7 @@ RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value", "top_features")
 # not depend on the rows scored beside it.
 _ROW_ALIGN = 16
 _SCORE_CHUNK = 65536
+_MIN_TRAIN_ROWS = 10
 
 
 class Detector:
@@ -44,9 +44,9 @@ class Detector:
 
     Parameters
     ----------
-    model : {"ae", "vae", "linear"}, default="ae"
-        Dense autoencoder, dense variational autoencoder, or a linear autoencoder (the
-        PCA-like baseline).
+    model : {"vae", "ae", "linear"}, default="vae"
+        Dense variational autoencoder (the best default in BENCHMARKS.md), dense autoencoder,
+        or a linear autoencoder (the PCA-like baseline).
     hidden : tuple of int, optional
         Hidden layer widths of the encoder (the decoder mirrors them). Default: chosen from
         the input width. Ignored for ``linear``.
@@ -79,7 +79,8 @@ class Detector:
     validation_fraction : float, default=0.1
         Share of the remaining rows used for early stopping.
     epochs, batch_size, lr, weight_decay, patience, seed :
-        Training settings; see :class:`anomaly.training.TrainConfig`.
+        Training settings; see :class:`anomaly.training.TrainConfig`. ``batch_size=None``
+        picks one from the number of training rows (:func:`anomaly.training.auto_batch_size`).
     device : str, default="auto"
         ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
     progress : bool, default=False
@@ -95,7 +96,7 @@ class Detector:
     def __init__(
         self,
         *,
-        model: str = "ae",
+        model: str = "vae",
         hidden: tuple[int, ...] | None = None,
         latent: int | None = None,
         dropout: float = 0.0,
@@ -110,7 +111,7 @@ class Detector:
         calibration_fraction: float = 0.2,
         validation_fraction: float = 0.1,
         epochs: int = 200,
-        batch_size: int = 512,
+        batch_size: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         patience: int = 20,
@@ -162,7 +163,9 @@ class Detector:
                 raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 < self.target_fpr < 1.0:
             raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
-        for name in ("epochs", "batch_size", "n_samples", "patience", "max_categories"):
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name in ("epochs", "n_samples", "patience", "max_categories"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -229,8 +232,11 @@ class Detector:
         else:
             cal_columns = schema.coerce(_as_frame(calibration_data))
         n_val = round(self.validation_fraction * len(order))
-        if len(order) - n_val < 2:
-            raise InputError(f"{len(X)} rows are too few to train on; give at least a few dozen")
+        if len(order) - n_val < _MIN_TRAIN_ROWS:
+            raise InputError(
+                f"{len(X)} rows are too few: {len(order) - n_val} would be left to train on, "
+                f"fewer than {_MIN_TRAIN_ROWS}"
+            )
         val_idx, train_idx = order[:n_val], order[n_val:]
 
         train_columns = _take(columns, train_idx)
@@ -265,7 +271,7 @@ class Detector:
             cal_scores
         )
         self.training_summary_ = {
-            "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "n_train": len(train_idx),
             "n_validation": len(val_idx),
             "n_calibration": len(cal_scores),
@@ -281,9 +287,10 @@ class Detector:
         return self.calibrator_.threshold_
 
     def score_samples(self, X: pd.DataFrame) -> np.ndarray:
-        """Raw anomaly scores, shape (n_rows,); higher = more anomalous."""
+        """Raw anomaly scores, float32 of shape (n_rows,); higher = more anomalous."""
         self._check_fitted()
-        scores, _ = self._score_matrix(self._transform(_as_frame(X)))
+        x = self.preprocessor_.transform(self.schema_.coerce(_as_frame(X)))
+        scores, _ = self._score_matrix(x)
         return scores
 
     def score(self, X: pd.DataFrame, *, row_offset: int = 0, n_top: int = 3) -> pd.DataFrame:
@@ -301,10 +308,10 @@ class Detector:
         Returns
         -------
         DataFrame, indexed like ``X``, with columns
-            ``anomaly_score`` (float, higher = more anomalous), ``is_anomaly`` (bool, score
+            ``anomaly_score`` (float32, higher = more anomalous), ``is_anomaly`` (bool, score
             above the threshold), ``p_value`` (float, conformal p-value against the
-            calibration scores) and ``top_features`` (the columns contributing most, most
-            first, joined by ``;``).
+            calibration scores) and ``top_features`` (the columns whose error is most unusual
+            for them, most first, joined by ``;``).
 
         Raises
         ------
@@ -314,53 +321,65 @@ class Detector:
         """
         self._check_fitted()
         X = _as_frame(X)
-        scores, parts = self._score_matrix(self._transform(X, row_offset=row_offset))
-        return pd.DataFrame(
-            {
-                "anomaly_score": scores,
-                "is_anomaly": self.calibrator_.flag(scores),
-                "p_value": self.calibrator_.p_values(scores),
-                "top_features": self._top_features(parts, n_top).to_numpy(),
-            },
-            index=X.index,
-        )
+        result = self.score_columns(self.schema_.coerce(X, row_offset=row_offset), n_top=n_top)
+        frame = pd.DataFrame({name: result[name] for name in RESULT_COLUMNS[:3]}, index=X.index)
+        frame["top_features"] = result["top_features"].to_numpy(zero_copy_only=False)
+        return frame
 
-    def _transform(self, X: pd.DataFrame, row_offset: int = 0) -> np.ndarray:
-        return self.preprocessor_.transform(self.schema_.coerce(X, row_offset=row_offset))
+    def score_columns(self, columns: dict[str, np.ndarray], *, n_top: int = 3) -> dict:
+        """:meth:`score` for columns already checked by the schema; arrays, not a DataFrame.
+
+        Every scoring path ends here. Returns a dict of the result columns: numpy arrays, and
+        ``top_features`` as an Arrow string array.
+        """
+        self._check_fitted()
+        scores, contributions = self._score_matrix(self.preprocessor_.transform(columns))
+        return {
+            "anomaly_score": scores,
+            "is_anomaly": self.calibrator_.flag(scores),
+            "p_value": self.calibrator_.p_values(scores),
+            "top_features": self._top_features(contributions, n_top),
+        }
 
     @torch.no_grad()
     def _score_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores (n,) and per-column contributions (n, n_columns) of a model-input matrix."""
         module, method = self.module_.eval(), self._score_method()
+        owner = torch.from_numpy(self.preprocessor_.feature_owner_)
+        n_columns = len(self.schema_.columns)
+        # (F, C) indicator: parts @ to_columns adds each column's features up.
+        to_columns = torch.nn.functional.one_hot(owner, n_columns).float().to(self.device_)
         n = len(x)
-        scores = np.empty(n, dtype=np.float64)
-        owner = self.preprocessor_.feature_owner_
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        contributions = np.empty((n, len(starts)), dtype=np.float32)
+        scores = np.empty(n, dtype=np.float32)
+        contributions = np.empty((n, n_columns), dtype=np.float32)
         for start in range(0, n, _SCORE_CHUNK):
             block = x[start : start + _SCORE_CHUNK]
             rows = len(block)
             padded = -rows % _ROW_ALIGN
             if padded:
                 block = np.concatenate([block, np.zeros((padded, block.shape[1]), block.dtype)])
-            xb = torch.from_numpy(block).to(self.device_)
-            s, p = score_batch(module, xb, method)
-            scores[start : start + rows] = s[:rows].double().cpu().numpy()
-            contributions[start : start + rows] = np.add.reduceat(
-                p[:rows].float().cpu().numpy(), starts, axis=1
-            )
+            s, parts = score_batch(module, torch.from_numpy(block).to(self.device_), method)
+            scores[start : start + rows] = s[:rows].cpu().numpy()
+            contributions[start : start + rows] = (parts[:rows] @ to_columns).cpu().numpy()
         return scores, contributions
 
-    def _top_features(self, contributions: np.ndarray, n_top: int) -> pd.Series:
-        n_top = min(n_top, contributions.shape[1])
-        if len(contributions) == 0 or n_top == 0:
-            return pd.Series([""] * len(contributions), dtype=object)
-        relative = contributions / self.typical_contribution_
-        top = np.argsort(-relative, axis=1, kind="stable")[:, :n_top]
-        names = pa.array(self.schema_.names)
-        parts = [names.take(pa.array(top[:, j])) for j in range(n_top)]
-        joined = pc.binary_join_element_wise(*parts, ";") if n_top > 1 else parts[0]
-        return pd.Series(joined.to_numpy(zero_copy_only=False), dtype=object)
+    def _top_features(self, contributions: np.ndarray, n_top: int) -> pa.Array:
+        """Names of the ``n_top`` columns with the largest error relative to their typical one."""
+        n, n_columns = contributions.shape
+        n_top = min(n_top, n_columns)
+        if n == 0:
+            return pa.array([], pa.string())
+        relative = torch.from_numpy(contributions / self.typical_contribution_)
+        top = torch.topk(relative, n_top, dim=1).indices.numpy()  # (n, n_top)
+        # Few distinct rankings occur: build each one's text once, then index.
+        codes = np.ravel_multi_index(tuple(top.T), (n_columns,) * n_top)
+        distinct, inverse = np.unique(codes, return_inverse=True)
+        names = self.schema_.names
+        text = [
+            ";".join(names[i] for i in np.unravel_index(code, (n_columns,) * n_top))
+            for code in distinct
+        ]
+        return pa.array(text, pa.string()).take(pa.array(inverse.ravel()))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "calibrator_"):

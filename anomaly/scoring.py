@@ -44,22 +44,22 @@ def score_batch(
         return parts.sum(dim=1), parts
     assert isinstance(model, DenseVAE), f"{method!r} scores need a VAE"
     mu, logvar = model.encode(x)
-    std = torch.exp(0.5 * logvar)
-    z = mu.unsqueeze(0) + std.unsqueeze(0) * model.eps.unsqueeze(1)  # (K, B, L)
-    mean = model.decode(z)  # (K, B, F)
-    nll = gaussian_nll(x.unsqueeze(0), mean, model.log_scale)  # (K, B, F)
-    # Parts: the squared standardised error, so that features are ranked by how far off they
-    # are, not by their learned scale.
-    parts = (0.5 * ((x.unsqueeze(0) - mean) * torch.exp(-model.log_scale)) ** 2).mean(dim=0)
+    # Parts: the squared standardised error at the posterior mean, so that features are ranked
+    # by how far off they are, not by their learned scale.
+    parts = 0.5 * ((x - model.decode(mu)) * torch.exp(-model.log_scale)) ** 2
+    eps = model.eps.unsqueeze(0)  # (1, K, L)
+    z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, K, L)
+    # Samples on the inner axis: every reduction below runs along contiguous memory, which
+    # keeps a row's result independent of how many rows are scored with it.
+    log_px_z = -gaussian_nll(x.unsqueeze(1), model.decode(z), model.log_scale).sum(dim=2)  # (B, K)
     if method == "elbo":
-        return nll.sum(dim=2).mean(dim=0) + kl_to_standard_normal(mu, logvar), parts
+        return -log_px_z.mean(dim=1) + kl_to_standard_normal(mu, logvar), parts
     if method == "iwae":
-        log_px_z = -nll.sum(dim=2)  # (K, B)
-        log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=2)
-        log_qz = -0.5 * (model.eps.unsqueeze(1).pow(2) + _LOG_2PI + logvar.unsqueeze(0)).sum(dim=2)
-        log_w = log_px_z + log_pz - log_qz  # (K, B)
-        k = torch.tensor(float(log_w.shape[0]), device=x.device)
-        return -(torch.logsumexp(log_w, dim=0) - torch.log(k)), parts
+        log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=2)  # (B, K)
+        log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar.unsqueeze(1)).sum(dim=2)  # (B, K)
+        log_w = log_px_z + log_pz - log_qz
+        log_k = torch.log(torch.tensor(float(log_w.shape[1]), device=x.device))
+        return -(torch.logsumexp(log_w, dim=1) - log_k), parts
     raise ValueError(f"unknown score method {method!r}; expected one of {SCORE_METHODS}")
 
 

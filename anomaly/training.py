@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     epochs: int = 200  # upper bound; early stopping usually ends sooner
-    batch_size: int = 512
+    batch_size: int | None = None  # None: auto_batch_size(rows)
     lr: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 20  # epochs without a better validation loss before stopping
@@ -44,6 +44,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
     return device
+
+
+def auto_batch_size(n_rows: int) -> int:
+    """128 rows up to 32k rows (small sets need many steps), then growing to 8192 (big sets
+    need large batches to keep a GPU busy): about 256 steps an epoch past 32k rows."""
+    return int(min(8192, max(128, n_rows // 256)))
 
 
 def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -76,7 +82,8 @@ def train(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
 
-    n, batch_size = len(train_x), min(config.batch_size, len(train_x))
+    n = len(train_x)
+    batch_size = min(config.batch_size or auto_batch_size(n), n)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)

@@ -15,7 +15,8 @@ rows/s, the rate measured inside the process around the read-score-write loop, a
 child's peak RSS (``ru_maxrss`` of the children of a small launcher process started for each
 measurement: the child's own peak, not this script's).
 Then the peak RSS of both at each ``--rss-rows`` size, to show memory does not grow with the
-file. Prints markdown tables for BENCHMARKS.md.
+file (both rise until Arrow's streaming reader has its read-ahead of up to 32 blocks in memory,
+then stay flat). Prints markdown tables for BENCHMARKS.md.
 
 Run::
 
@@ -90,13 +91,26 @@ print(f"copied {rows} rows in {seconds:.3f} s")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000, help="Rows of the timed file.")
-    p.add_argument("--rss-rows", type=int, nargs="*", default=[1_000_000, 5_000_000],
-                   help="File sizes (rows) at which to report peak RSS.")
-    p.add_argument("--work", type=Path, default=Path("bench-output/batch"),
-                   help="Folder for the generated files and the model.")
+    p.add_argument(
+        "--rss-rows",
+        type=int,
+        nargs="*",
+        default=[1_000_000, 5_000_000],
+        help="File sizes (rows) at which to report peak RSS.",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("bench-output/batch"),
+        help="Folder for the generated files and the model.",
+    )
     p.add_argument("--train-epochs", type=int, default=5, help="Epochs of the small detector.")
-    p.add_argument("--threads", type=int, default=None,
-                   help="Set OMP_NUM_THREADS for every child (torch's and Arrow's thread pools).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Set OMP_NUM_THREADS for every child (torch's and Arrow's thread pools).",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="Keep the generated CSV files.")
     return p.parse_args(argv)
@@ -147,22 +161,24 @@ def _chunk(rng: np.random.Generator, start: int, n: int) -> pa.Table:
     channel = rng.choice(len(CHANNELS), n, p=[0.4, 0.25, 0.1, 0.05, 0.2])
     member = rng.random(n) < 0.3 + 0.1 * (channel == 4)
     temperature_col = pa.array(temperature, mask=rng.random(n) < 0.02)  # some missing
-    return pa.table({
-        "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
-        "quantity": quantity,
-        "price": price,
-        "discount": discount,
-        "amount": amount,
-        "lat": lat,
-        "lon": lon,
-        "duration_s": duration,
-        "risk": risk,
-        "temperature": temperature_col,
-        "pressure": pressure,
-        "region": pa.array(np.asarray(REGIONS)[region]),
-        "channel": pa.array(np.asarray(CHANNELS)[channel]),
-        "is_member": pa.array(member),
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "quantity": quantity,
+            "price": price,
+            "discount": discount,
+            "amount": amount,
+            "lat": lat,
+            "lon": lon,
+            "duration_s": duration,
+            "risk": risk,
+            "temperature": temperature_col,
+            "pressure": pressure,
+            "region": pa.array(np.asarray(REGIONS)[region]),
+            "channel": pa.array(np.asarray(CHANNELS)[channel]),
+            "is_member": pa.array(member),
+        }
+    )
 
 
 def generate(path: Path, rows: int, seed: int) -> float:
@@ -176,8 +192,9 @@ def generate(path: Path, rows: int, seed: int) -> float:
         for i, lo in enumerate(range(0, rows, _GEN_CHUNK)):
             table = _chunk(np.random.default_rng([seed, i]), lo, min(_GEN_CHUNK, rows - lo))
             if writer is None:
-                writer = pacsv.CSVWriter(sink, table.schema,
-                                         write_options=pacsv.WriteOptions(quoting_style="none"))
+                writer = pacsv.CSVWriter(
+                    sink, table.schema, write_options=pacsv.WriteOptions(quoting_style="none")
+                )
             writer.write_table(table)
         writer.close()
     tmp.replace(path)
@@ -202,8 +219,13 @@ def run_child(cmd: list[str], log: Path, threads: int | None = None) -> dict:
     stats = log.with_suffix(".rusage")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     with open(log, "wb") as out:
-        done = subprocess.run([sys.executable, "-S", "-c", RUSAGE, str(stats), *cmd],
-                              stdout=out, stderr=subprocess.STDOUT, check=False, env=env)
+        done = subprocess.run(
+            [sys.executable, "-S", "-c", RUSAGE, str(stats), *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            env=env,
+        )
     text = log.read_text(errors="replace")
     if done.returncode != 0:
         sys.exit(f"error: {shlex.join(cmd)} exited {done.returncode}:\n{text[-2000:]}")
@@ -219,8 +241,11 @@ def anomaly_command() -> list[str]:
 
 def measure_baseline(src: Path, work: Path, rows: int, args: argparse.Namespace) -> dict:
     dst = work / "out_baseline.csv"
-    r = run_child([sys.executable, "-c", BASELINE, str(src), str(dst), str(BLOCK_SIZE)],
-                  work / "baseline.log", args.threads)
+    r = run_child(
+        [sys.executable, "-c", BASELINE, str(src), str(dst), str(BLOCK_SIZE)],
+        work / "baseline.log",
+        args.threads,
+    )
     m = re.search(r"copied (\d+) rows in ([\d.]+) s", r["text"])
     if not m or int(m.group(1)) != rows:
         sys.exit(f"error: the baseline did not copy {rows} rows:\n{r['text'][-2000:]}")
@@ -231,16 +256,28 @@ def measure_baseline(src: Path, work: Path, rows: int, args: argparse.Namespace)
 
 def measure_ours(src: Path, model: Path, work: Path, rows: int, args: argparse.Namespace) -> dict:
     dst = work / "out_anomaly.csv"
-    cmd = [*anomaly_command(), "score", "--model", str(model), str(src), "--out", str(dst),
-           "--no-progress"]
+    cmd = [
+        *anomaly_command(),
+        "score",
+        "--model",
+        str(model),
+        str(src),
+        "--out",
+        str(dst),
+        "--no-progress",
+    ]
     r = run_child(cmd, work / "anomaly.log", args.threads)
     m = re.search(r"scored (\d+) rows.*?([\d,]+) rows/s", r["text"])
     if not m or int(m.group(1)) != rows:
         sys.exit(f"error: anomaly score did not score {rows} rows:\n{r['text'][-2000:]}")
     if not args.keep:
         dst.unlink(missing_ok=True)
-    return {**r, "inner_rate": float(m.group(2).replace(",", "")), "rate": rows / r["wall"],
-            "cmd": cmd}
+    return {
+        **r,
+        "inner_rate": float(m.group(2).replace(",", "")),
+        "rate": rows / r["wall"],
+        "cmd": cmd,
+    }
 
 
 def train_model(src: Path, work: Path, epochs: int, seed: int) -> tuple[Path, float]:
@@ -280,10 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     size_mib = src.stat().st_size / (1 << 20)
     model, train_s = train_model(src, work, args.train_epochs, args.seed)
     made = f"generated in {gen_s:.0f} s" if gen_s else "reused"
-    print(f"- Data: {args.rows:,} rows × 14 columns (id, 10 numeric, 2 text categories, 1 "
-          f"boolean), {size_mib:,.0f} MiB ({made})")
-    print(f"- Model: AE trained on the first {TRAIN_ROWS:,} rows, {args.train_epochs} epochs "
-          f"({train_s:.0f} s), id excluded; blocks of {BLOCK_SIZE >> 20} MiB\n", flush=True)
+    print(
+        f"- Data: {args.rows:,} rows × 14 columns (id, 10 numeric, 2 text categories, 1 "
+        f"boolean), {size_mib:,.0f} MiB ({made})"
+    )
+    print(
+        f"- Model: AE trained on the first {TRAIN_ROWS:,} rows, {args.train_epochs} epochs "
+        f"({train_s:.0f} s), id excluded; blocks of {BLOCK_SIZE >> 20} MiB\n",
+        flush=True,
+    )
 
     warm_cache(src)
     base = measure_baseline(src, work, args.rows, args)
@@ -292,14 +334,21 @@ def main(argv: list[str] | None = None) -> None:
     print("| method | rows | wall s | rows/s (wall) | rows/s (in loop) | peak RSS MiB |")
     print("|---|--:|--:|--:|--:|--:|")
     for name, r in (("pyarrow read + write (baseline)", base), ("anomaly score", ours)):
-        print(f"| {name} | {args.rows:,} | {r['wall']:.1f} | {r['rate']:,.0f} "
-              f"| {r['inner_rate']:,.0f} | {r['rss_mib']:,.0f} |")
-    print(f"\nOurs / baseline rows/s: {ours['rate'] / base['rate']:.0%} end to end, "
-          f"{ours['inner_rate'] / base['inner_rate']:.0%} in the loop.\n", flush=True)
+        print(
+            f"| {name} | {args.rows:,} | {r['wall']:.1f} | {r['rate']:,.0f} "
+            f"| {r['inner_rate']:,.0f} | {r['rss_mib']:,.0f} |"
+        )
+    print(
+        f"\nOurs / baseline rows/s: {ours['rate'] / base['rate']:.0%} end to end, "
+        f"{ours['inner_rate'] / base['inner_rate']:.0%} in the loop.\n",
+        flush=True,
+    )
 
     if args.rss_rows:
-        print("| rows | file MiB | anomaly score peak RSS MiB | baseline peak RSS MiB "
-              "| anomaly score rows/s (wall) |")
+        print(
+            "| rows | file MiB | anomaly score peak RSS MiB | baseline peak RSS MiB "
+            "| anomaly score rows/s (wall) |"
+        )
         print("|--:|--:|--:|--:|--:|")
         for n in sorted(set(args.rss_rows)):
             if n == args.rows:
@@ -310,8 +359,11 @@ def main(argv: list[str] | None = None) -> None:
                 b = measure_baseline(files[n], work, n, args)
                 o = measure_ours(files[n], model, work, n, args)
             mib = files[n].stat().st_size / (1 << 20)
-            print(f"| {n:,} | {mib:,.0f} | {o['rss_mib']:,.0f} | {b['rss_mib']:,.0f} "
-                  f"| {o['rate']:,.0f} |", flush=True)
+            print(
+                f"| {n:,} | {mib:,.0f} | {o['rss_mib']:,.0f} | {b['rss_mib']:,.0f} "
+                f"| {o['rate']:,.0f} |",
+                flush=True,
+            )
 
     if not args.keep:
         for path in files.values():

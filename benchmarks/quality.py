@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -166,7 +167,17 @@ def machine_info() -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
         "anomaly": f"{anomaly.__version__} (git {commit})",
+        "anomaly source sha256": source_digest(),
     }
+
+
+def source_digest() -> str:
+    """A hash of the installed package's source, so results from different code never mix."""
+    root = Path(anomaly.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def command_line() -> str:
@@ -214,13 +225,19 @@ def time_table(runs: pd.DataFrame) -> str:
     return md_table(["dataset", *table.columns], rows)
 
 
-def report(args: argparse.Namespace, info: dict, sets: list[dict], runs: pd.DataFrame) -> str:
-    seeds = " ".join(map(str, args.seeds))
+def report(doc: dict) -> str:
+    """The Markdown report of a results document (what ``--out`` writes)."""
+    info, sets = doc["machine"], doc["datasets"]
+    runs = pd.DataFrame.from_records(doc["runs"])
+    for column in ("error", "auroc", "auprc", "fpr", "recall", "total_s"):
+        if column not in runs:
+            runs[column] = np.nan
+    seeds = " ".join(map(str, doc["seeds"]))
     out = [
         "## Detection quality (ADBench tabular sets)",
         "",
         "```",
-        command_line(),
+        doc["command"],
         "```",
         "",
         *(f"- {k}: {v}" for k, v in info.items()),
@@ -275,6 +292,9 @@ def report(args: argparse.Namespace, info: dict, sets: list[dict], runs: pd.Data
     if len(errors):
         out += ["", "`*` some seeds failed; `n/a` all failed:", ""]
         out += [f"- {r.dataset} seed {r.seed} {r.method}: {r.error}" for r in errors.itertuples()]
+    if not doc["complete"]:
+        out += ["", f"**Partial results**: {len(runs)} runs written before the run stopped."]
+    out += ["", f"Total wall time: {doc['elapsed_s'] / 60:.1f} min."]
     return "\n".join(out) + "\n"
 
 
@@ -286,12 +306,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", help="set names, e.g. cardio (default: all)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, help="write every run's results here as JSON")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in the --out file and run only the missing ones",
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="print the report of a saved --out file, exit"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.report:
+        print(report(json.loads(args.report.read_text())), end="")
+        return
     try:
         paths = _adbench.find_datasets(args.data, args.datasets)
     except ValueError as exc:
@@ -300,6 +331,15 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     sets: list[dict] = []
     records: list[dict] = []
+    if args.resume and args.out and args.out.exists():
+        previous = json.loads(args.out.read_text())
+        key = "anomaly source sha256"
+        if previous["machine"].get(key) != info[key]:
+            sys.exit(f"{args.out} was made with other anomaly source code; start afresh")
+        sets, records = previous["datasets"], previous["runs"]
+        started -= previous["elapsed_s"]  # the total wall time covers every sitting
+        print(f"resuming: {len(records)} runs kept from {args.out}", file=sys.stderr)
+    kept = {(r["dataset"], r["seed"], r["method"]) for r in records}
     n_runs, done = len(paths) * len(args.seeds) * len(args.methods), 0
     for path in paths:
         data = _adbench.load(path)
@@ -311,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
                 "n_test": len(split.y_test),
                 "n_test_anomalies": int(split.y_test.sum()),
             }
-            if seed == args.seeds[0]:
+            if not any(s["dataset"] == data.name for s in sets):
                 sets.append(
                     {
                         "dataset": data.name,
@@ -323,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
             for method in args.methods:
                 done += 1
+                if (data.name, seed, method) in kept:
+                    continue
                 record = {"dataset": data.name, "seed": seed, "method": method, **sizes}
                 try:
                     if method in OURS:
@@ -349,20 +391,15 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 records.append(record)
             if args.out:
-                write_json(args.out, args, info, sets, records, started, complete=False)
-    runs = pd.DataFrame.from_records(records)
-    for column in ("auroc", "auprc", "fpr", "recall", "total_s"):
-        if column not in runs:
-            runs[column] = np.nan
-    print(report(args, info, sets, runs), end="")
-    elapsed = time.perf_counter() - started
-    print(f"\nTotal wall time: {elapsed / 60:.1f} min.")
+                doc = results(args, info, sets, records, started, complete=False)
+                write_json(args.out, doc)
+    doc = results(args, info, sets, records, started, complete=True)
     if args.out:
-        write_json(args.out, args, info, sets, records, started, complete=True)
+        write_json(args.out, doc)
+    print(report(doc), end="")
 
 
-def write_json(
-    path: Path,
+def results(
     args: argparse.Namespace,
     info: dict,
     sets: list[dict],
@@ -370,12 +407,12 @@ def write_json(
     started: float,
     *,
     complete: bool,
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
+) -> dict:
+    """Everything the report needs, as plain data (what ``--out`` writes)."""
+    return {
         "benchmark": "quality",
         "command": command_line(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "complete": complete,
         "elapsed_s": time.perf_counter() - started,
         "machine": info,
@@ -386,6 +423,11 @@ def write_json(
         "datasets": sets,
         "runs": records,
     }
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write atomically, so a run stopped mid-write leaves the previous complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)

@@ -27,6 +27,9 @@ Run::
     python benchmarks/throughput.py --device cuda --rows 20000000   # a big GPU
 
 Timings are wall-clock on a possibly shared machine: compare rows of one run, not across runs.
+On a machine shared with other CPU-heavy jobs, ``--threads 1`` gives both libraries one torch
+thread each: with more threads than free cores, every small kernel waits on a descheduled
+thread, and PyOD's many tiny batches suffer far more than ours (up to 10× slower here).
 """
 
 from __future__ import annotations
@@ -50,25 +53,48 @@ DATASET = "10_cover.npz"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=Path("../shared/data/adbench"),
-                   help="Folder holding ADBench's 10_cover.npz.")
-    p.add_argument("--train-rows", type=int, default=100_000,
-                   help="Normal rows given to our Detector.fit.")
-    p.add_argument("--rows", type=int, default=None,
-                   help="Give our fit N rows, tiling the training pool as needed (big GPUs).")
-    p.add_argument("--peer-rows", type=int, default=20_000,
-                   help="Normal rows given to PyOD's AutoEncoder.fit.")
-    p.add_argument("--test-normals", type=int, default=50_000,
-                   help="Normal rows held out for the test set (with every anomaly).")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data/adbench"),
+        help="Folder holding ADBench's 10_cover.npz.",
+    )
+    p.add_argument(
+        "--train-rows", type=int, default=100_000, help="Normal rows given to our Detector.fit."
+    )
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="Give our fit N rows, tiling the training pool as needed (big GPUs).",
+    )
+    p.add_argument(
+        "--peer-rows", type=int, default=20_000, help="Normal rows given to PyOD's AutoEncoder.fit."
+    )
+    p.add_argument(
+        "--test-normals",
+        type=int,
+        default=50_000,
+        help="Normal rows held out for the test set (with every anomaly).",
+    )
     p.add_argument("--epochs", type=int, default=10, help="Epochs for ours (fixed).")
     p.add_argument("--peer-epochs", type=int, default=10, help="PyOD's epoch_num (default 10).")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="Our batch size (default: the Detector's default).")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="Our batch size (default: the Detector's default).",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N.")
-    p.add_argument("--methods", default="ae,vae,pyod-ae",
-                   help="Comma-separated subset of: ae, vae, pyod-ae.")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for every method (default: torch's default).")
+    p.add_argument(
+        "--methods", default="ae,vae,pyod-ae", help="Comma-separated subset of: ae, vae, pyod-ae."
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for every method (default: torch's default).",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -150,11 +176,19 @@ def warm_up(methods: list[str], pool: np.ndarray, device: torch.device) -> None:
         AutoEncoder(epoch_num=1, verbose=0, device=device).fit(x[:512].astype(np.float64))
 
 
-def run_ours(model: str, x_train: np.ndarray, split: dict, args: argparse.Namespace,
-             device: torch.device) -> dict:
+def run_ours(
+    model: str, x_train: np.ndarray, split: dict, args: argparse.Namespace, device: torch.device
+) -> dict:
     kwargs = {"batch_size": args.batch_size} if args.batch_size else {}
-    det = Detector(model=model, epochs=args.epochs, patience=10**6, progress=False,
-                   device=str(device), seed=args.seed, **kwargs)
+    det = Detector(
+        model=model,
+        epochs=args.epochs,
+        patience=10**6,
+        progress=False,
+        device=str(device),
+        seed=args.seed,
+        **kwargs,
+    )
     sync(device)
     start = time.perf_counter()
     det.fit(x_train)
@@ -174,8 +208,9 @@ def run_ours(model: str, x_train: np.ndarray, split: dict, args: argparse.Namesp
     }
 
 
-def run_pyod(x_train: np.ndarray, split: dict, args: argparse.Namespace,
-             device: torch.device) -> dict:
+def run_pyod(
+    x_train: np.ndarray, split: dict, args: argparse.Namespace, device: torch.device
+) -> dict:
     from pyod.models.auto_encoder import AutoEncoder
 
     torch.manual_seed(args.seed)
@@ -201,8 +236,10 @@ def run_pyod(x_train: np.ndarray, split: dict, args: argparse.Namespace,
 
 
 def markdown(results: list[dict], device: torch.device) -> str:
-    head = ("| method | device | batch size | epochs | n_train | fit s | train rows/s "
-            "| score rows/s | AUROC |")
+    head = (
+        "| method | device | batch size | epochs | n_train | fit s | train rows/s "
+        "| score rows/s | AUROC |"
+    )
     lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for r in results:
         lines.append(
@@ -219,8 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(methods) - {"ae", "vae", "pyod-ae"}
     if unknown:
         sys.exit(f"error: unknown method(s) {sorted(unknown)}; choose from ae, vae, pyod-ae")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     split = load_split(args)
@@ -233,10 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     for line in machine_info(device):
         print(f"- {line}")
     pool_note = " (tiled)" if n_ours > len(split["pool"]) else ""
-    print(f"- Data: ADBench cover, {split['x_test'].shape[1]} features; ours given "
-          f"{n_ours:,} normal rows{pool_note}, PyOD {args.peer_rows:,}; test "
-          f"{len(split['y_test']):,} rows ({int(split['y_test'].sum()):,} anomalies)\n",
-          flush=True)
+    print(
+        f"- Data: ADBench cover, {split['x_test'].shape[1]} features; ours given "
+        f"{n_ours:,} normal rows{pool_note}, PyOD {args.peer_rows:,}; test "
+        f"{len(split['y_test']):,} rows ({int(split['y_test'].sum()):,} anomalies)\n",
+        flush=True,
+    )
 
     warm_up(methods, split["pool"], device)
     results = []
@@ -255,9 +297,11 @@ def main(argv: list[str] | None = None) -> None:
         for r in results:
             if r is peer:
                 continue
-            print(f"- {r['method']} / PyOD AE: training rows/s ×"
-                  f"{r['train_rate'] / peer['train_rate']:.1f}, scoring rows/s ×"
-                  f"{r['score_rate'] / peer['score_rate']:.1f}")
+            print(
+                f"- {r['method']} / PyOD AE: training rows/s ×"
+                f"{r['train_rate'] / peer['train_rate']:.1f}, scoring rows/s ×"
+                f"{r['score_rate'] / peer['score_rate']:.1f}"
+            )
 
 
 if __name__ == "__main__":

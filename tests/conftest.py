@@ -13,7 +13,7 @@ EXCLUDE = ("host_id", "timestamp", "label")
 
 @pytest.fixture(scope="session")
 def normal_rows() -> pd.DataFrame:
-    return make_service_metrics(3000, seed=0)
+    return make_service_metrics(5000, seed=0)
 
 
 @pytest.fixture(scope="session")

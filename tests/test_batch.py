@@ -22,7 +22,7 @@ def test_file_scores_equal_dataframe_scores_in_small_blocks(fitted_ae, input_csv
     written = pd.read_csv(out)
     expected = fitted_ae.score(read_csv(input_csv))
     assert summary.rows == len(expected) and summary.flagged == expected["is_anomaly"].sum()
-    assert np.array_equal(written["anomaly_score"], expected["anomaly_score"])
+    assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])
     assert np.array_equal(written["p_value"], expected["p_value"])
     assert (written["is_anomaly"] == expected["is_anomaly"]).all()
     assert (written["top_features"] == expected["top_features"]).all()
@@ -58,7 +58,7 @@ def test_missing_value_tokens_and_quoted_text(fitted_ae, test_rows, tmp_path):
     assert written["cpu"].iloc[0] == "NA"
     assert (written["timestamp"] == 'a, quoted "value"').all()
     expected = fitted_ae.score(read_csv(path))
-    assert np.array_equal(written["anomaly_score"], expected["anomaly_score"])
+    assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])
 
 
 def test_bad_value_late_in_the_file_names_column_and_line_and_writes_nothing(
