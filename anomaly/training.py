@@ -78,8 +78,9 @@ def train(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model.to(device)
     train_x, val_x = to_device(x_train, device), to_device(x_val, device)
+    # fused: one kernel for the whole update, ~1.5x the steps/s of the default on small models
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
     )
 
     n = len(train_x)

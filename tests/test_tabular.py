@@ -122,3 +122,43 @@ def test_read_csv_empty_and_header_only(tmp_path):
         read_csv(header)
     with pytest.raises(InputError, match="no such file"):
         read_csv(tmp_path / "absent.csv")
+
+
+def test_text_parsing_matches_dataframe_parsing(tmp_path):
+    """The batch scorer's Arrow parser and read_csv + coerce agree value for value."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "x,c,b\n1.5,red,true\nNA,,FALSE\n1e3,blue,yes\n,NA, no \nnan,green,\n-0.25,red,N/A\n"
+    )
+    train = pd.DataFrame({"x": [1.0, 2.0], "c": ["red", "blue"], "b": [True, False]})
+    schema = TabularSchema.infer(train)
+    text = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(["x", "c", "b"], pa.string()), strings_can_be_null=False
+        ),
+    )
+    fast = schema.coerce_text(text)
+    slow = schema.coerce(read_csv(path))
+    for name in ("x", "c", "b"):
+        np.testing.assert_array_equal(fast[name], slow[name])
+    assert fast["c"].tolist() == [1, -1, 0, -1, -1, 1]  # levels: blue, red (ties by name)
+    assert np.isnan(fast["b"][[4, 5]]).all()
+
+
+def test_text_parsing_names_the_bad_row():
+    import pyarrow as pa
+
+    schema = TabularSchema.infer(pd.DataFrame({"x": [1.0, 2.0], "b": [True, False]}))
+    table = pa.table({"x": ["1", "", "oops"], "b": ["t", "f", "t"]})
+    with pytest.raises(InputError, match=r"column 'x', row 7: 'oops' is not a number"):
+        schema.coerce_text(table, row_offset=5)
+    table = pa.table({"x": ["1", "2", "3"], "b": ["t", "NA", "perhaps"]})
+    with pytest.raises(InputError, match=r"column 'b', row 2: 'perhaps' is not true or false"):
+        schema.coerce_text(table)
+    table = pa.table({"x": ["1", "inf", "3"], "b": ["t", "t", "t"]})
+    with pytest.raises(InputError, match=r"column 'x', row 1: infinite"):
+        schema.coerce_text(table)

@@ -184,29 +184,11 @@ class TabularSchema:
         out = {}
         for col in self.columns:
             values = table.column(col.name)
-            values = pc.if_else(
-                pc.is_in(values, _NA_ARROW), pa.nulls(len(values), pa.string()), values
-            )
             try:
-                if col.kind == NUMERIC:
-                    parsed = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
-                    if np.isinf(parsed).any():
-                        raise pa.ArrowInvalid("infinite value")
-                elif col.kind == BOOLEAN:
-                    spelled = pc.index_in(
-                        pc.utf8_lower(pc.utf8_trim_whitespace(values)), _BOOL_ARROW
-                    )
-                    if pc.any(pc.and_(pc.is_null(spelled), pc.is_valid(values))).as_py():
-                        raise pa.ArrowInvalid("not a boolean")
-                    parsed = pc.cast(pc.less(spelled, len(_TRUE_SORTED)), pa.float64())
-                    parsed = parsed.to_numpy(zero_copy_only=False)
-                else:
-                    codes = pc.index_in(values, pa.array(col.categories, pa.string()))
-                    parsed = pc.fill_null(codes, -1).to_numpy().astype(np.int64)
+                out[col.name] = _parse_text(values, col)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                text = pd.DataFrame({col.name: values.to_pandas()})
-                parsed = TabularSchema((col,)).coerce(text, row_offset=row_offset)[col.name]
-            out[col.name] = parsed
+                text = pd.DataFrame({col.name: _without_na_tokens(values).to_pandas()})
+                out[col.name] = TabularSchema((col,)).coerce(text, row_offset=row_offset)[col.name]
         return out
 
     def to_dict(self) -> dict:
@@ -250,6 +232,35 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     if frame.shape[0] == 0:
         raise InputError(f"{path} has a header but no rows")
     return frame
+
+
+def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
+    """Arrow's fast path of :meth:`TabularSchema.coerce_text`; raises ArrowInvalid on doubt.
+
+    Missing-value tokens are only looked for when a column does not parse without them:
+    most columns have none, and the lookup is a large share of the work.
+    """
+    if col.kind == CATEGORICAL:  # a missing-value token is never a kept level: it codes -1
+        codes = pc.index_in(values, pa.array(col.categories, pa.string()))
+        return pc.fill_null(codes, -1).to_numpy().astype(np.int64)
+    if col.kind == NUMERIC:
+        try:
+            parsed = pc.cast(values, pa.float64())
+        except pa.ArrowInvalid:
+            parsed = pc.cast(_without_na_tokens(values), pa.float64())
+        parsed = parsed.to_numpy(zero_copy_only=False)
+        if np.isinf(parsed).any():
+            raise pa.ArrowInvalid("infinite value")
+        return parsed
+    spelled = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(values)), _BOOL_ARROW)
+    unknown = pc.and_(pc.is_null(spelled), pc.is_valid(values))
+    if pc.any(pc.and_(unknown, pc.invert(pc.is_in(values, _NA_ARROW)))).as_py():
+        raise pa.ArrowInvalid("not a boolean")
+    return pc.cast(pc.less(spelled, len(_TRUE_SORTED)), pa.float64()).to_numpy(zero_copy_only=False)
+
+
+def _without_na_tokens(values: pa.Array) -> pa.Array:
+    return pc.if_else(pc.is_in(values, _NA_ARROW), pa.nulls(len(values), pa.string()), values)
 
 
 def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
