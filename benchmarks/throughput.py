@@ -47,6 +47,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly import Detector
+from anomaly.training import auto_batch_size
 
 DATASET = "10_cover.npz"
 
@@ -198,7 +199,7 @@ def run_ours(
     scores, score_rate = timed_scoring(det.score_samples, split["x_test"])
     return {
         "method": f"anomaly {model.upper()}",
-        "batch": det.batch_size,
+        "batch": det.batch_size or auto_batch_size(det.training_summary_["n_train"]),
         "epochs": summary["epochs_run"],
         "n_train": summary["n_train"],
         "fit_s": seconds,

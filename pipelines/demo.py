@@ -31,7 +31,7 @@ def main() -> None:
     make_service_metrics(50_000, 500, seed=1).to_csv(new, index=False)
     print(f"generated {normal} (20,000 normal rows) and {new} (50,000 normal + 500 anomalies)")
 
-    run("train", str(normal), "--model", "ae", "--exclude", "host_id", "--exclude", "timestamp",
+    run("train", str(normal), "--model", "vae", "--exclude", "host_id", "--exclude", "timestamp",
         "--exclude", "label", "--target-fpr", "0.01", "--out", str(OUT / "model"))  # fmt: skip
     run("score", str(new), "--model", str(OUT / "model"), "--out", str(OUT / "scored.csv"))
 
