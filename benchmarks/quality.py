@@ -163,7 +163,7 @@ def machine_info() -> dict[str, str]:
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "os": platform.platform(),
         "python": platform.python_version(),
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
+        "torch": f"{torch.__version__} (1 thread in each --jobs worker)",
         "pyod": pyod.__version__,
         "scikit-learn": sklearn.__version__,
         "numpy": np.__version__,
@@ -194,11 +194,20 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _datasets(runs: pd.DataFrame) -> list[str]:
+    return sorted(runs["dataset"].unique(), key=str.lower)
+
+
+def _methods(runs: pd.DataFrame) -> list[str]:
+    present = set(runs["method"])
+    return [m for m in METHODS if m in present]
+
+
 def metric_table(runs: pd.DataFrame, metric: str, digits: int, *, rank: bool = False) -> str:
     """Datasets x methods, mean over seeds; a mean row, and the mean rank if ``rank``."""
     ok = runs[runs["error"].isna()]
     table = ok.pivot_table(index="dataset", columns="method", values=metric, aggfunc="mean")
-    table = table.reindex(index=runs["dataset"].unique(), columns=runs["method"].unique())
+    table = table.reindex(index=_datasets(runs), columns=_methods(runs))
     seeds = runs["seed"].nunique()
     counts = ok.pivot_table(index="dataset", columns="method", values=metric, aggfunc="count")
     counts = counts.reindex_like(table).fillna(0)
@@ -220,7 +229,7 @@ def metric_table(runs: pd.DataFrame, metric: str, digits: int, *, rank: bool = F
 
 def time_table(runs: pd.DataFrame) -> str:
     table = runs.pivot_table(index="dataset", columns="method", values="total_s", aggfunc="sum")
-    table = table.reindex(index=runs["dataset"].unique(), columns=runs["method"].unique())
+    table = table.reindex(index=_datasets(runs), columns=_methods(runs))
     rows = [[d, *(f"{table.at[d, m]:.1f}" for m in table.columns)] for d in table.index]
     rows.append(["**total**", *(f"{table[m].sum():.1f}" for m in table.columns)])
     return md_table(["dataset", *table.columns], rows)
