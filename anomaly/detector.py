@@ -63,7 +63,7 @@ class Detector:
         What the score measures. Default: ``reconstruction`` for autoencoders, ``elbo`` (the
         negative ELBO) for the VAE. ``iwae`` is the importance-weighted bound with
         ``n_samples`` samples.
-    n_samples : int, default=16
+    n_samples : int, default=4
         Samples of the VAE posterior used by the ``elbo`` and ``iwae`` scores.
     exclude : sequence of str, default=()
         Columns the model must not read (ids, timestamps, labels).
@@ -103,7 +103,7 @@ class Detector:
         denoise: float = 0.0,
         beta: float = 1.0,
         score: str | None = None,
-        n_samples: int = 16,
+        n_samples: int = 4,
         exclude: tuple[str, ...] | list[str] = (),
         max_categories: int = 64,
         target_fpr: float = 0.01,

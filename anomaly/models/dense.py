@@ -61,7 +61,7 @@ class DenseVAE(nn.Module):
         hidden: Sequence[int] = (64, 32),
         latent: int = 8,
         dropout: float = 0.0,
-        n_samples: int = 16,
+        n_samples: int = 4,
         seed: int = 0,
     ):
         super().__init__()
