@@ -141,7 +141,7 @@ class _Counting:
 def _read_header(path: Path) -> list[str]:
     if not path.is_file():
         raise InputError(f"no such file: {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
         header = next(csv.reader(fh), None)
     if not header:
         raise InputError(f"{path} is empty")

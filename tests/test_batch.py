@@ -105,3 +105,14 @@ def test_ragged_rows_are_reported(fitted_ae, input_csv, tmp_path):
     with pytest.raises(InputError, match="not well-formed CSV"):
         score_csv(fitted_ae, input_csv, tmp_path / "out.csv", progress=False)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(fitted_ae, test_rows, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + test_rows.head(30).to_csv(index=False).encode())
+    out = tmp_path / "out.csv"
+    score_csv(fitted_ae, path, out, progress=False)
+    written = pd.read_csv(out)
+    assert written.columns[0] == "host_id"
+    expected = fitted_ae.score(read_csv(path))
+    assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])
