@@ -333,13 +333,33 @@ class Detector:
         ``top_features`` as an Arrow string array.
         """
         self._check_fitted()
-        scores, contributions = self._score_matrix(self.preprocessor_.transform(columns))
+        x = self.preprocessor_.transform(columns)
+        scores, contributions = self._score_matrix(x)
+        flagged = self.calibrator_.flag(scores)
+        # Which columns to name. Any row: the columns whose error is most unusual for them.
+        # A flagged row: the columns whose replacement by a typical value lowers its score most,
+        # since a strong anomaly is partly absorbed by the latent code and then shows up as
+        # error in other columns. Both are per-row, so a row's answer never depends on others.
+        relevance = contributions / self.typical_contribution_
+        if flagged.any():
+            relevance[flagged] = self._score_drops(x[flagged], scores[flagged])
         return {
             "anomaly_score": scores,
-            "is_anomaly": self.calibrator_.flag(scores),
+            "is_anomaly": flagged,
             "p_value": self.calibrator_.p_values(scores),
-            "top_features": self._top_features(contributions, n_top),
+            "top_features": self._top_features(relevance, n_top),
         }
+
+    def _score_drops(self, x: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """(n, n_columns): how much each row's score falls when one column is made typical."""
+        typical, owner = self.preprocessor_.typical_input(), self.preprocessor_.feature_owner_
+        drops = np.empty((len(x), len(self.schema_.columns)), dtype=np.float32)
+        for column in range(drops.shape[1]):
+            features = owner == column
+            changed = x.copy()
+            changed[:, features] = typical[features]
+            drops[:, column] = scores - self._score_matrix(changed)[0]
+        return drops
 
     @torch.no_grad()
     def _score_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -363,14 +383,13 @@ class Detector:
             contributions[start : start + rows] = (parts[:rows] @ to_columns).cpu().numpy()
         return scores, contributions
 
-    def _top_features(self, contributions: np.ndarray, n_top: int) -> pa.Array:
-        """Names of the ``n_top`` columns with the largest error relative to their typical one."""
-        n, n_columns = contributions.shape
+    def _top_features(self, relevance: np.ndarray, n_top: int) -> pa.Array:
+        """Names of the ``n_top`` most relevant columns of each row, most relevant first."""
+        n, n_columns = relevance.shape
         n_top = min(n_top, n_columns)
         if n == 0:
             return pa.array([], pa.string())
-        relative = torch.from_numpy(contributions / self.typical_contribution_)
-        top = torch.topk(relative, n_top, dim=1).indices.numpy()  # (n, n_top)
+        top = torch.topk(torch.from_numpy(relevance), n_top, dim=1).indices.numpy()  # (n, n_top)
         # Few distinct rankings occur: build each one's text once, then index.
         codes = np.ravel_multi_index(tuple(top.T), (n_columns,) * n_top)
         distinct, inverse = np.unique(codes, return_inverse=True)

@@ -71,6 +71,21 @@ class TabularPreprocessor:
             start += width
         return out
 
+    def typical_input(self) -> np.ndarray:
+        """The model input of a typical row: medians, and each column's most frequent level."""
+        row = np.zeros(self.n_features_, dtype=np.float32)
+        start = 0
+        for col in self.schema.columns:
+            if col.kind == CATEGORICAL:
+                if col.categories:
+                    row[start] = 1.0  # levels are kept most frequent first
+                start += len(col.categories)
+            else:
+                s = self.stats_[col.name]
+                row[start] = (s["median"] - s["mean"]) / s["scale"]
+                start += 1
+        return row
+
     def to_dict(self) -> dict:
         return {"stats": self.stats_}
 

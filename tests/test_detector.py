@@ -132,3 +132,17 @@ def test_numpy_arrays_are_accepted():
     det = Detector(epochs=2).fit(X)
     assert det.schema_.names == ["x0", "x1", "x2"]
     assert det.score(X).shape == (400, 4)
+
+
+def test_flagged_rows_name_the_columns_whose_repair_lowers_the_score(fitted_vae):
+    rows = make_service_metrics(300, seed=6)
+    rows["bytes_out"] = rows["bytes_out"] * 0.05  # a stalled server: little sent...
+    rows["cpu"] = rows["cpu"] * 0.3  # ...and little work done
+    result = fitted_vae.score(rows)
+    flagged = result[result["is_anomaly"]]
+    assert len(flagged) > 50
+    first = flagged["top_features"].str.split(";").str[0]
+    # The broken relation is between load (requests) and the work done (cpu, bytes_out):
+    # repairing any of the three explains the row.
+    assert first.isin(["bytes_out", "cpu", "requests"]).mean() > 0.85
+    assert first.isin(["bytes_out", "cpu"]).mean() > 0.4

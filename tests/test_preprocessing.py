@@ -42,3 +42,11 @@ def test_state_round_trips_through_dict():
     again = TabularPreprocessor.from_dict(schema, pre.to_dict())
     columns = schema.coerce(frame)
     assert np.array_equal(pre.transform(columns), again.transform(columns))
+
+
+def test_typical_input_is_medians_and_most_frequent_levels():
+    frame = pd.DataFrame({"c": ["b", "a", "b"], "x": [1.0, 2.0, 9.0]})
+    schema, pre = _fit(frame)
+    typical = pre.typical_input()
+    expected = pre.transform(schema.coerce(pd.DataFrame({"c": ["b"], "x": [2.0]})))[0]
+    assert np.array_equal(typical, expected)
