@@ -20,8 +20,8 @@ then stay flat). Prints markdown tables for BENCHMARKS.md.
 
 Run::
 
-    python benchmarks/batch_csv.py                       # 1M rows; RSS at 1M and 5M rows
-    python benchmarks/batch_csv.py --rows 50000 --rss-rows 50000 100000   # a smoke test
+    python -m benchmarks.batch_csv                       # 1M rows; RSS at 1M and 5M rows
+    python -m benchmarks.batch_csv --rows 50000 --rss-rows 50000 100000   # a smoke test
 
 Big files go to ``--work`` (default ``bench-output/batch``) and are deleted at the end unless
 ``--keep``. Timings are wall-clock on a possibly shared machine: compare rows of one run.
@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
+from benchmarks._machine import cpu_summary
 
 BLOCK_SIZE = 2 << 20  # the block size anomaly.batch.score_csv reads with
 TRAIN_ROWS = 20_000
@@ -124,21 +126,8 @@ def machine_info() -> list[str]:
     """One line per fact about the machine, for the top of the table."""
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return [
-        f"CPU: {cpu}, {os.cpu_count()} logical cores ({usable} usable), "
-        f"torch threads {torch.get_num_threads()}",
+        f"{cpu_summary()}, torch threads {torch.get_num_threads()}",
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"pyarrow {pa.__version__}, numpy {np.__version__}",
         "Scoring device: cpu (the `anomaly score` default)",
@@ -312,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     files = {n: work / f"table_{n}_s{args.seed}.csv" for n in sizes}
 
     print("## Batch CSV scoring: `anomaly score` vs a pyarrow read-write baseline\n")
-    print(f"Command: `python {shlex.join(['benchmarks/batch_csv.py', *sys.argv[1:]])}`\n")
+    print(f"Command: `python -m benchmarks.batch_csv {shlex.join(sys.argv[1:])}`\n")
     for line in machine_info():
         print(f"- {line}")
     if args.threads:

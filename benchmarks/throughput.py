@@ -23,8 +23,8 @@ Protocol
 
 Run::
 
-    python benchmarks/throughput.py --data ../shared/data/adbench
-    python benchmarks/throughput.py --device cuda --rows 20000000   # a big GPU
+    python -m benchmarks.throughput --data ../shared/data/adbench
+    python -m benchmarks.throughput --device cuda --rows 20000000   # a big GPU
 
 Timings are wall-clock on a possibly shared machine: compare rows of one run, not across runs.
 On a machine shared with other CPU-heavy jobs, ``--threads 1`` gives both libraries one torch
@@ -35,7 +35,6 @@ thread, and PyOD's many tiny batches suffer far more than ours (up to 10× slowe
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
 import sys
@@ -48,6 +47,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly import Detector
 from anomaly.training import auto_batch_size
+from benchmarks._machine import cpu_summary
 
 DATASET = "10_cover.npz"
 
@@ -102,21 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine_info(device: torch.device) -> list[str]:
     """One line per fact about the machine, for the top of the table."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     lines = [
-        f"CPU: {cpu}, {os.cpu_count()} logical cores ({usable} usable), "
-        f"torch threads {torch.get_num_threads()}",
+        f"{cpu_summary()}, torch threads {torch.get_num_threads()}",
         f"Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}",
     ]
     if device.type == "cuda":
@@ -270,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     x_peer = rows_from(split["pool"], args.peer_rows)
 
     print("## Training and scoring throughput: anomaly vs PyOD AutoEncoder\n")
-    print(f"Command: `python {shlex.join(['benchmarks/throughput.py', *sys.argv[1:]])}`\n")
+    print(f"Command: `python -m benchmarks.throughput {shlex.join(sys.argv[1:])}`\n")
     for line in machine_info(device):
         print(f"- {line}")
     pool_note = " (tiled)" if n_ours > len(split["pool"]) else ""
