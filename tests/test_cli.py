@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "threshold" in done.stdout
+    assert "training" in done.stderr  # the progress bar
     return work
 
 
@@ -37,6 +38,7 @@ def test_train_then_score_finds_anomalies_at_the_target_rate(trained):
                    "--out", str(trained / "scored.csv"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "scored 4400 rows" in done.stdout
+    assert "scoring" in done.stderr  # the progress bar over the input's bytes
     scored = pd.read_csv(trained / "scored.csv")
     assert list(scored.columns) == [
         *test.columns,
