@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check anomaly pipelines tests benchmarks
+	bash tests/system-deps.sh
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.bench

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+MODEL_HELP = "Model: a directory, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model."
 
 
 class ModelKind(StrEnum):
@@ -65,6 +69,8 @@ def _friendly_errors(command):
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
 ) -> None:
+    # MLflow's per-file download bars would bury the one progress bar that matters.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -75,7 +81,20 @@ def _main(
 @_friendly_errors
 def train(
     data: Annotated[Path, typer.Argument(help="CSV of normal rows.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Model directory to write.")
+    ] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(help="Log an MLflow run and register the model under this name."),
+    ] = None,
+    label_col: Annotated[
+        str | None,
+        typer.Option(
+            help="Column marking known anomalies: those rows are left out of training and "
+            "marked in the latent plot of the MLflow run."
+        ),
+    ] = None,
     model: Annotated[
         ModelKind, typer.Option(help="Autoencoder, VAE, or linear baseline.")
     ] = ModelKind.vae,
@@ -104,14 +123,26 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train a detector on normal rows, calibrate its threshold, save it to --out."""
+    """Train a detector on normal rows, calibrate its threshold; save it and/or register it."""
     from anomaly.data import read_csv
     from anomaly.detector import Detector
 
+    if out is None and register is None:
+        raise AnomalyError("say where the model goes: --out DIR, --register NAME, or both")
     frame = read_csv(data)
+    exclude = list(exclude or ())
+    is_anomaly = None
+    if label_col is not None:
+        from anomaly.evaluation import parse_labels
+
+        if label_col not in frame.columns:
+            raise AnomalyError(f"{data}: no label column {label_col!r}")
+        is_anomaly = parse_labels(frame[label_col], label_col)
+        exclude.append(label_col)
+    normal = frame if is_anomaly is None else frame[~is_anomaly]
     detector = Detector(
         model=model.value,
-        exclude=exclude or (),
+        exclude=exclude,
         target_fpr=target_fpr,
         threshold_method=threshold.value,
         score=score.value if score else None,
@@ -126,36 +157,141 @@ def train(
         device=device,
         seed=seed,
         progress=True,
-    ).fit(frame)
-    detector.save(out)
+    ).fit(normal)
     summary = detector.training_summary_
     typer.echo(
         f"trained {model.value} on {summary['n_train']} rows ({summary['epochs_run']} epochs, "
         f"{summary['device']}); threshold {detector.threshold_:.6g} at target FPR {target_fpr} "
-        f"from {summary['n_calibration']} calibration rows; saved to {out}"
+        f"from {summary['n_calibration']} calibration rows"
     )
+    if out is not None:
+        detector.save(out)
+        typer.echo(f"saved to {out}")
+    if register is not None:
+        from anomaly import registry
+
+        logged = registry.log_detector(
+            detector,
+            register=register,
+            sample=frame,
+            sample_is_anomaly=is_anomaly,
+            data_source=str(data),
+        )
+        aliases = f" with alias {', '.join(logged.aliases)}" if logged.aliases else ""
+        typer.echo(
+            f"logged run {logged.run_id}; registered {register} version {logged.version}"
+            f"{aliases}: models:/{register}/{logged.version}"
+        )
 
 
 @app.command("score")
 @_friendly_errors
 def score_command(
     data: Annotated[Path, typer.Argument(help="CSV of rows to score.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write.")],
     device: Annotated[str, typer.Option(help="cpu, auto, cuda, cuda:N.")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Score a CSV file of any size; writes every input column plus the scores."""
     from anomaly.batch import score_csv
-    from anomaly.detector import Detector
+    from anomaly.registry import load_detector
 
-    detector = Detector.load(model, device=device)
+    detector = load_detector(model, device=device)
     summary = score_csv(detector, data, out, progress=progress)
     rate = summary.rows / summary.seconds if summary.seconds > 0 else float("nan")
     typer.echo(
         f"scored {summary.rows} rows, flagged {summary.flagged} "
         f"({summary.flagged / max(summary.rows, 1):.2%}), {rate:,.0f} rows/s; wrote {out}"
     )
+
+
+@app.command()
+@_friendly_errors
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="CSV of rows with a label column.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
+    label_col: Annotated[
+        str, typer.Option(help="Column saying which rows are anomalies (1/0, true/false...).")
+    ],
+    target_fpr: Annotated[
+        float | None,
+        typer.Option(help="Report the threshold reaching this FPR (default: the model's)."),
+    ] = None,
+    target_recall: Annotated[
+        float | None, typer.Option(help="Also report the threshold reaching this recall.")
+    ] = None,
+    log_run: Annotated[
+        bool, typer.Option("--log/--no-log", help="Log the figures and plots to MLflow.")
+    ] = True,
+) -> None:
+    """Measure a model on labelled rows: AUROC, AUPRC, rates at its threshold and others."""
+    from anomaly import registry
+    from anomaly.data import read_csv
+    from anomaly.detector import Detector
+    from anomaly.evaluation import evaluate as run_evaluation
+
+    ref = registry.resolve(model)
+    detector = Detector.load(ref.path)
+    result = run_evaluation(
+        detector, read_csv(data), label_col, target_fpr=target_fpr, target_recall=target_recall
+    )
+    width = max(map(len, result.metrics))
+    for name, value in result.metrics.items():
+        shown = f"{int(value)}" if name in ("rows", "anomalies") else f"{value:.6g}"
+        typer.echo(f"{name:<{width}}  {shown}")
+    if log_run:
+        run_id = registry.log_evaluation(result, ref, data_source=str(data))
+        typer.echo(f"logged run {run_id} (plots/roc.png, plots/pr.png, plots/score_histogram.png)")
+
+
+models_app = typer.Typer(help="Registered models and their aliases.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@_friendly_errors
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="A model: list its versions.")] = None,
+) -> None:
+    """Registered models, or the versions of one, with their aliases."""
+    from anomaly import registry
+
+    if name is None:
+        for model in registry.list_models():
+            aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(model["aliases"].items()))
+            typer.echo(f"{model['name']}  latest v{model['latest_version']}  {aliases}")
+        return
+    for row in registry.list_versions(name):
+        typer.echo(
+            f"v{row['version']:<4} {','.join(row['aliases']) or '-':<20} {row['created']}  "
+            f"{row['model'] or '?':<6} threshold {row['threshold'] or '?'}  run {row['run_id']}"
+        )
+
+
+@models_app.command("promote")
+@_friendly_errors
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model.")],
+    version: Annotated[int, typer.Argument(help="Version to promote.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+) -> None:
+    """Point an alias (champion by default) at a version; the old champion becomes previous."""
+    from anomaly import registry
+
+    old = registry.promote(name, version, alias)
+    before = f" (was v{old})" if old is not None else ""
+    typer.echo(f"{name}@{alias} -> v{version}{before}")
+
+
+@models_app.command("rollback")
+@_friendly_errors
+def models_rollback(name: Annotated[str, typer.Argument(help="Registered model.")]) -> None:
+    """Give champion back to the version it replaced (alias previous)."""
+    from anomaly import registry
+
+    demoted, restored = registry.rollback(name)
+    typer.echo(f"{name}@champion -> v{restored} (was v{demoted})")
 
 
 def _parse_hidden(text: str | None) -> tuple[int, ...] | None:

@@ -293,6 +293,16 @@ class Detector:
         scores, _ = self._score_matrix(x)
         return scores
 
+    @torch.no_grad()
+    def encode(self, X: pd.DataFrame) -> np.ndarray:
+        """Latent codes of rows, shape (n_rows, latent): the posterior means for a VAE."""
+        self._check_fitted()
+        x = self.preprocessor_.transform(self.schema_.coerce(_as_frame(X)))
+        codes = self.module_.eval().encode(torch.from_numpy(x).to(self.device_))
+        if isinstance(codes, tuple):  # a VAE's (mean, log-variance)
+            codes = codes[0]
+        return codes.cpu().numpy()
+
     def score(self, X: pd.DataFrame, *, row_offset: int = 0, n_top: int = 3) -> pd.DataFrame:
         """Score rows and calibrate the result.
 

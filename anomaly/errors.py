@@ -36,3 +36,7 @@ class NotFittedError(AnomalyError):
 
 class ModelFormatError(AnomalyError):
     """A model directory is missing, incomplete, or written by an incompatible version."""
+
+
+class RegistryError(AnomalyError):
+    """A model URI that does not resolve: unknown model or alias, or an unreachable server."""

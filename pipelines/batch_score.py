@@ -1,6 +1,8 @@
 """Batch scoring for schedulers (cron, Airflow, a Kubernetes Job).
 
-    python -m pipelines.batch_score --model MODEL_DIR --input IN.csv --output OUT.csv
+    python -m pipelines.batch_score --model URI --input IN.csv --output OUT.csv
+
+URI: a model directory, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model.
 
 Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 1 anything else.
 """
@@ -11,20 +13,21 @@ import argparse
 import logging
 import sys
 
-from anomaly import AnomalyError, Detector
+from anomaly import AnomalyError
 from anomaly.batch import score_csv
+from anomaly.registry import load_detector
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model directory")
+    parser.add_argument("--model", required=True, help="model directory or MLflow model URI")
     parser.add_argument("--input", required=True, help="CSV to score")
     parser.add_argument("--output", required=True, help="CSV to write (atomically)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        detector = Detector.load(args.model, device=args.device)
+        detector = load_detector(args.model, device=args.device)
         summary = score_csv(detector, args.input, args.output, progress=False)
     except AnomalyError as exc:
         logging.error("%s", exc)

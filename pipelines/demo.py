@@ -1,12 +1,14 @@
 """`make demo`: the product end to end on generated data, with the commands a user would type.
 
-train on normal rows -> batch-score a CSV with injected anomalies -> check what was flagged.
-Everything lands in ./demo-output; the last lines say where to look.
+train and register in MLflow -> list the registry -> batch-score a CSV by alias -> evaluate on
+labelled rows. Everything lands in ./demo-output (MLflow's default store, mlflow.db, included:
+the commands run there); the last lines say where to look.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +18,32 @@ import pandas as pd
 from anomaly.datasets import make_service_metrics
 
 OUT = Path("demo-output")
+NAME = "service-metrics"
 
 
 def run(*args: str) -> None:
     command = [Path(sys.executable).with_name("anomaly").as_posix(), *args]
     print(f"\n$ {shlex.join(['anomaly', *args])}", flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, cwd=OUT)
 
 
 def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    normal, new = OUT / "normal.csv", OUT / "new.csv"
-    make_service_metrics(20_000, seed=0).to_csv(normal, index=False)
-    make_service_metrics(50_000, 500, seed=1).to_csv(new, index=False)
-    print(f"generated {normal} (20,000 normal rows) and {new} (50,000 normal + 500 anomalies)")
+    shutil.rmtree(OUT, ignore_errors=True)  # a fresh registry: the model trained here is v1
+    OUT.mkdir()
+    make_service_metrics(20_000, 100, seed=0).to_csv(OUT / "normal.csv", index=False)
+    make_service_metrics(50_000, 500, seed=1).to_csv(OUT / "new.csv", index=False)
+    print(
+        f"generated in {OUT}/: normal.csv (20,000 normal rows, 100 labelled anomalies) and "
+        "new.csv (50,000 normal rows + 500 anomalies)"
+    )
 
-    run("train", str(normal), "--model", "vae", "--exclude", "host_id", "--exclude", "timestamp",
-        "--exclude", "label", "--target-fpr", "0.01", "--out", str(OUT / "model"))  # fmt: skip
-    run("score", str(new), "--model", str(OUT / "model"), "--out", str(OUT / "scored.csv"))
+    run("train", "normal.csv", "--model", "vae", "--exclude", "host_id", "--exclude",
+        "timestamp", "--label-col", "label", "--target-fpr", "0.01", "--register", NAME,
+        "--out", "model")  # fmt: skip
+    run("models", "list", NAME)
+    run("score", "new.csv", "--model", f"models:/{NAME}@champion", "--out", "scored.csv")
+    run("evaluate", "new.csv", "--model", f"models:/{NAME}@champion", "--label-col", "label",
+        "--target-recall", "0.95")  # fmt: skip
 
     scored = pd.read_csv(OUT / "scored.csv")
     normal_rows, anomalies = scored[scored["label"] == 0], scored[scored["label"] == 1]
@@ -46,9 +56,12 @@ def main() -> None:
     print("\nthe five most anomalous rows:\n" + top.to_string(index=False))
     print(
         f"\nwhere to look:\n"
-        f"  {OUT / 'model'}/detector.json   schema, preprocessing, threshold, loss history\n"
-        f"  {OUT / 'scored.csv'}             every input row with anomaly_score, is_anomaly, "
-        f"p_value, top_features"
+        f"  {OUT}/scored.csv        every input row with anomaly_score, is_anomaly, p_value, "
+        "top_features\n"
+        f"  {OUT}/model/            the model directory (detector.json + weights.safetensors)\n"
+        f"  cd {OUT} && ../.venv/bin/mlflow ui\n"
+        "                          runs with losses and plots (loss curve, calibration histogram,\n"
+        f"                          latent projection, ROC/PR), the registered model {NAME}"
     )
 
 

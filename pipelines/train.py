@@ -1,6 +1,9 @@
 """Training for schedulers: fit a detector on a CSV of normal rows and save it.
 
-    python -m pipelines.train --data NORMAL.csv --out MODEL_DIR [--model ae] [--exclude COL ...]
+    python -m pipelines.train --data NORMAL.csv (--out MODEL_DIR | --register NAME) [--model vae]
+        [--exclude COL ...]
+
+With --register, the run and the model go to MLflow (MLFLOW_TRACKING_URI, or ./mlflow.db).
 
 Exit codes: 0 trained, 2 bad input (the reason on stderr), 1 anything else.
 """
@@ -11,31 +14,39 @@ import argparse
 import logging
 import sys
 
-from anomaly import AnomalyError, Detector
+from anomaly import AnomalyError, Detector, registry
 from anomaly.data import read_csv
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CSV of normal rows")
-    parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--model", default="ae", choices=["ae", "vae", "linear"])
+    parser.add_argument("--out", help="model directory to write")
+    parser.add_argument("--register", metavar="NAME", help="log to MLflow and register as NAME")
+    parser.add_argument("--model", default="vae", choices=["ae", "vae", "linear"])
     parser.add_argument("--exclude", action="append", default=[], help="column to ignore")
     parser.add_argument("--target-fpr", type=float, default=0.01)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.out is None and args.register is None:
+        parser.error("give --out, --register, or both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         detector = Detector(
             model=args.model, exclude=args.exclude, target_fpr=args.target_fpr,
             device=args.device,
-        ).fit(read_csv(args.data))  # fmt: skip
-        detector.save(args.out)
+        ).fit(frame := read_csv(args.data))  # fmt: skip
+        if args.out:
+            detector.save(args.out)
+        if args.register:
+            logged = registry.log_detector(
+                detector, register=args.register, sample=frame, data_source=args.data
+            )
+            logging.info("registered %s version %s", args.register, logged.version)
     except AnomalyError as exc:
         logging.error("%s", exc)
         return 2
-    logging.info("trained %s; threshold %.6g; saved to %s", args.model, detector.threshold_,
-                 args.out)  # fmt: skip
+    logging.info("trained %s; threshold %.6g", args.model, detector.threshold_)
     return 0
 
 

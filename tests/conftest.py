@@ -1,6 +1,10 @@
-"""Shared fixtures: small synthetic tables and detectors fitted once per session."""
+"""Shared fixtures: small synthetic tables, detectors fitted once per session, and a private
+MLflow store (sqlite, artifacts under the session's temporary directory) for every test."""
 
 from __future__ import annotations
+
+import os
+import socket
 
 import pandas as pd
 import pytest
@@ -30,3 +34,42 @@ def fitted_ae(normal_rows) -> Detector:
 @pytest.fixture(scope="session")
 def fitted_vae(normal_rows) -> Detector:
     return Detector(model="vae", exclude=EXCLUDE, epochs=40, seed=0).fit(normal_rows)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """Runs, registry, artifacts and the model cache of the whole session, away from the repo.
+
+    Subprocesses (the CLI, ``mlflow models serve``) inherit the environment, so they see the
+    same store.
+    """
+    root = tmp_path_factory.mktemp("mlflow")
+    saved = {k: os.environ.get(k) for k in _MLFLOW_ENV}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["ANOMALY_CACHE_DIR"] = str(root / "cache")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    import mlflow
+
+    # Artifacts would otherwise land in ./mlruns of the working directory.
+    experiment = mlflow.create_experiment("anomaly-tests", artifact_location=str(root / "art"))
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+_MLFLOW_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "ANOMALY_CACHE_DIR",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    "MLFLOW_EXPERIMENT_ID",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -81,4 +81,4 @@ def test_training_errors_are_one_line(tmp_path):
     done = anomaly("score", str(tmp_path / "empty.csv"), "--model", str(tmp_path / "nothing"),
                    "--out", str(tmp_path / "o.csv"))  # fmt: skip
     assert done.returncode == 2
-    assert "not a model directory" in done.stderr
+    assert f"no model at {tmp_path / 'nothing'}" in done.stderr

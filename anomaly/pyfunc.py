@@ -1,0 +1,62 @@
+"""The MLflow pyfunc form of a detector, with no pickled code.
+
+An MLflow model of a detector is its model directory (safetensors + JSON) under ``data/`` and
+``loader_module: anomaly.pyfunc`` in the MLmodel file. MLflow imports this module from the
+installed package and calls :func:`_load_pyfunc`; ``predict`` is :meth:`Detector.score`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from anomaly.detector import RESULT_COLUMNS, Detector, _as_frame
+
+DATA_DIR = "detector"  # the model directory's name under the MLflow model's data/
+
+
+class DetectorModel:
+    """What ``mlflow.pyfunc.load_model`` wraps: a loaded detector with MLflow's ``predict``."""
+
+    def __init__(self, detector: Detector):
+        self.detector = detector
+
+    def predict(self, model_input: Any, params: dict | None = None) -> pd.DataFrame:
+        """The input's columns followed by the result columns, as ``anomaly score`` writes."""
+        return with_scores(self.detector, _as_frame(model_input))
+
+
+def with_scores(detector: Detector, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (minus any old result columns) with the detector's result columns appended."""
+    kept = frame.drop(columns=[c for c in RESULT_COLUMNS if c in frame.columns])
+    return pd.concat([kept, detector.score(frame)], axis=1)
+
+
+def _load_pyfunc(data_path: str) -> DetectorModel:
+    """MLflow's entry point: ``data_path`` is the model directory MLflow copied into data/."""
+    return DetectorModel(Detector.load(data_path))
+
+
+def signature(detector: Detector):
+    """Input: every column the detector was trained beside; output: the result columns.
+
+    Input types are ``any``: the detector checks values itself, accepts what ``anomaly score``
+    accepts (numbers as integers, floats or text) and names the column and row of a bad value.
+    Trained columns are required; ignored ones (excluded, all missing at fit) are optional, so
+    that they pass through to the output as they do in ``anomaly score``.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
+    inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]
+    outputs = Schema(
+        [
+            ColSpec("float", "anomaly_score"),
+            ColSpec("boolean", "is_anomaly"),
+            ColSpec("double", "p_value"),
+            ColSpec("string", "top_features"),
+        ]
+    )
+    return ModelSignature(inputs=Schema(inputs), outputs=outputs)

@@ -1,0 +1,86 @@
+"""Spark batch scoring through MLflow's spark_udf, on a local Spark session (needs Java)."""
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly import registry
+from anomaly.batch import score_csv
+from anomaly.datasets import make_service_metrics
+from anomaly.errors import InputError
+from pipelines import spark_score
+
+
+@pytest.fixture(scope="module")
+def spark():
+    if shutil.which("java") is None:
+        pytest.fail("Spark needs Java: run tests/system-deps.sh (make test does)")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("anomaly-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def model_uri(fitted_ae):
+    name = "spark-svc"
+    registry.log_detector(fitted_ae, register=name)
+    return f"models:/{name}@champion"
+
+
+@pytest.fixture(scope="module")
+def rows_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spark") / "rows.csv"
+    make_service_metrics(3000, 300, seed=3).to_csv(path, index=False)
+    return path
+
+
+def read_parts(path) -> pd.DataFrame:
+    return pd.read_parquet(path).sort_values(["host_id", "timestamp"]).reset_index(drop=True)
+
+
+def test_spark_scores_equal_anomaly_score(spark, model_uri, rows_csv, fitted_ae, tmp_path):
+    score_csv(registry.load_detector(model_uri), rows_csv, tmp_path / "cli.csv", progress=False)
+    expected = (
+        pd.read_csv(tmp_path / "cli.csv")
+        .sort_values(["host_id", "timestamp"])
+        .reset_index(drop=True)
+    )
+    spark_score.score(spark, model_uri, str(rows_csv), str(tmp_path / "from-csv"))
+    from_csv = read_parts(tmp_path / "from-csv")
+    assert len(from_csv) == len(expected) == 3300
+    assert np.array_equal(
+        from_csv["anomaly_score"].to_numpy(), expected["anomaly_score"].to_numpy("float32")
+    )
+    for column in ("is_anomaly", "p_value", "top_features"):
+        assert (from_csv[column].to_numpy() == expected[column].to_numpy()).all(), column
+    assert list(from_csv.columns[-4:]) == ["anomaly_score", "is_anomaly", "p_value", "top_features"]
+
+    # Parquet in: typed columns instead of text, the same scores.
+    pd.read_csv(rows_csv).to_parquet(tmp_path / "rows.parquet")
+    spark_score.score(spark, model_uri, str(tmp_path / "rows.parquet"), str(tmp_path / "from-pq"))
+    from_parquet = read_parts(tmp_path / "from-pq")
+    assert np.array_equal(from_parquet["anomaly_score"], from_csv["anomaly_score"])
+
+
+def test_spark_bad_value_names_the_column(spark, model_uri, tmp_path):
+    rows = make_service_metrics(200, seed=4).astype({"cpu": object})
+    rows.loc[17, "cpu"] = "fast"
+    rows.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match="column 'cpu', row 17: 'fast' is not a number"):
+        spark_score.score(spark, model_uri, str(tmp_path / "bad.csv"), str(tmp_path / "out"))
+    with pytest.raises(InputError, match="missing column 'cpu'"):
+        rows.drop(columns=["cpu"]).to_csv(tmp_path / "nocpu.csv", index=False)
+        spark_score.score(spark, model_uri, str(tmp_path / "nocpu.csv"), str(tmp_path / "out"))
