@@ -245,6 +245,39 @@ def evaluate(
         typer.echo(f"logged run {run_id} (plots/roc.png, plots/pr.png, plots/score_histogram.png)")
 
 
+@app.command()
+@_friendly_errors
+def serve(
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    reload_interval: Annotated[
+        float, typer.Option(help="Seconds between registry polls of an alias (0: never).")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the model over HTTP (FastAPI on uvicorn). More settings: ANOMALY_* variables."""
+    import tempfile
+
+    import uvicorn
+
+    # Workers are separate processes: they read their settings from the environment.
+    os.environ["ANOMALY_MODEL_URI"] = model
+    os.environ["ANOMALY_RELOAD_INTERVAL"] = str(reload_interval)
+    if workers > 1:
+        os.environ.setdefault(
+            "ANOMALY_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers))
+        )
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # metrics summed over workers
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-metrics-")
+    from anomaly.service.settings import Settings
+
+    Settings()  # bad settings fail here, once, not in every worker
+    uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level)  # fmt: skip
+
+
 models_app = typer.Typer(help="Registered models and their aliases.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

@@ -3,9 +3,15 @@ MLflow store (sqlite, artifacts under the session's temporary directory) for eve
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import time
+from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -73,3 +79,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start(command: list[str], log: Path, env: dict, ready_url: str) -> subprocess.Popen:
+    """Start a server in its own process group; wait until ``ready_url`` answers 200."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{command[:3]} exited: {log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"{command[:3]} not ready after 120 s: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

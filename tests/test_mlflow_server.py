@@ -1,13 +1,10 @@
 """Against real processes: an `mlflow server` (sqlite, local artifact root) on a loopback port,
 and `mlflow models serve` answering /invocations for the registered champion."""
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,37 +12,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_port
+from conftest import free_port, start, stop
 
 from anomaly.datasets import make_service_metrics
 
 BIN = Path(sys.executable).parent  # mlflow, uvicorn: the venv's own
-
-
-def start(command: list[str], log: Path, env: dict, ready_url: str) -> subprocess.Popen:
-    """Start a server in its own process group; wait until ``ready_url`` answers 200."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{command[:3]} exited: {log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return proc
-        time.sleep(0.5)
-    stop(proc)
-    raise RuntimeError(f"{command[:3]} not ready after 120 s: {log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -213,24 +214,29 @@ class TabularSchema:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a whole CSV file for training, with clear errors for empty or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such file: {path}")
+def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.DataFrame:
+    """Read a whole CSV file (or a binary stream, e.g. a request body) with clear errors.
+
+    ``name`` says what ``source`` is in error messages (default: the path).
+    """
+    if isinstance(source, str | Path):
+        source = Path(source)
+        if not source.is_file():
+            raise InputError(f"no such file: {source}")
+    name = name or str(source)
     try:
         frame = pd.read_csv(
-            path,
+            source,
             low_memory=False,
             keep_default_na=False,
             na_values=list(NA_VALUES),
         )
     except pd.errors.EmptyDataError:
-        raise InputError(f"{path} is empty") from None
-    except pd.errors.ParserError as exc:
-        raise InputError(f"{path} is not a well-formed CSV file: {exc}") from None
+        raise InputError(f"{name} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
     if frame.shape[0] == 0:
-        raise InputError(f"{path} has a header but no rows")
+        raise InputError(f"{name} has a header but no rows")
     return frame
 
 

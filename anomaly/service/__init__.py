@@ -1,0 +1,1 @@
+"""The HTTP scoring service (FastAPI): see :func:`anomaly.service.app.create_app`."""

@@ -1,0 +1,164 @@
+"""The scoring service: ``create_app`` builds it; ``anomaly serve`` runs it on uvicorn.
+
+Start-up (the lifespan) loads the model before the first request is accepted, starts the
+batcher and, for an alias URI, the registry poller. Client errors are answered 4xx with a body
+naming the field and record; anything else is a bug and answers 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import anomaly
+from anomaly.errors import InputError
+from anomaly.service import metrics
+from anomaly.service.batching import Batcher
+from anomaly.service.model import ModelHolder
+from anomaly.service.routes import operations, scoring
+from anomaly.service.settings import Settings
+
+log = logging.getLogger(__name__)
+STREAM_PATH = "/v1/score/stream"  # exempt from the body limit: its lines are limited instead
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI application; ``settings`` default to the ``ANOMALY_*`` environment."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        holder = ModelHolder(settings.model_uri, settings.device)
+        await asyncio.to_thread(holder.load)
+        batcher = Batcher(settings.batch_wait_ms / 1000, settings.batch_max_records)
+        batcher.start()
+        app.state.holder, app.state.batcher = holder, batcher
+        poller = None
+        if holder.follows_alias and settings.reload_interval > 0:
+            poller = asyncio.create_task(holder.poll_forever(settings.reload_interval))
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
+            await batcher.stop()
+
+    app = FastAPI(
+        title="anomaly scoring service",
+        version=anomaly.__version__,
+        description="Scores records with an autoencoder anomaly detector: a calibrated flag, "
+        "a p-value and the columns that contributed most.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(scoring)
+    app.include_router(operations)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
+    return app
+
+
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    if request.url.path == "/invocations":  # MLflow's error shape, for its clients
+        return JSONResponse({"error_code": "BAD_REQUEST", "message": str(exc)}, status_code=400)
+    loc: list[str | int] = ["body", "records"]
+    if exc.row is not None:
+        loc.append(exc.row)
+    if exc.column is not None:
+        loc.append(exc.column)
+    return JSONResponse(
+        {"detail": [{"loc": loc, "msg": str(exc), "type": "value_error"}]}, status_code=422
+    )
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own answer, minus the echoed input: an error never repeats a whole payload.
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+class BodyLimit:
+    """413 for a body over ``max_bytes``, announced (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == STREAM_PATH:
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _too_large(self.max_bytes, send)
+        # Read the body here (every endpoint but the stream reads it whole anyway), counting
+        # as it arrives, then hand it on in one piece.
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await _too_large(self.max_bytes, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    response = JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class RequestMetrics:
+    """Counts every request by route template and status, and times it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = scope.get("route")
+            endpoint = route.path if route is not None else "unmatched"
+            metrics.REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
+            metrics.REQUEST_DURATION.labels(endpoint=endpoint).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,77 @@
+"""The model being served, swapped atomically when the registry's alias moves."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from anomaly import registry
+from anomaly.detector import Detector
+from anomaly.service import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded detector and where it came from. Requests hold one for their whole life."""
+
+    detector: Detector
+    ref: registry.ModelRef
+    loaded_at: str
+
+    @property
+    def alias(self) -> str | None:
+        target = self.ref.uri.removeprefix("models:/")
+        return (
+            target.split("@", 1)[1]
+            if self.ref.uri.startswith("models:/") and "@" in target
+            else None
+        )
+
+
+class ModelHolder:
+    """Holds the current :class:`ServedModel`; :meth:`poll_forever` follows an alias.
+
+    Swapping is one reference assignment: a request that took the old model finishes with it,
+    the next one gets the new model, and none fails because of the swap.
+    """
+
+    def __init__(self, uri: str, device: str = "cpu"):
+        self.uri, self.device = uri, device
+        self.current: ServedModel | None = None
+
+    def load(self) -> ServedModel:
+        """Load the model the URI names now, make it current, and return it."""
+        ref = registry.resolve(self.uri)
+        detector = Detector.load(ref.path, device=self.device)
+        served = ServedModel(detector, ref, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        before = None if self.current is None else (self.current.ref.name, self.current.ref.version)
+        self.current = served
+        metrics.show_model(ref.name, ref.version, float(detector.threshold_), before)
+        log.info("serving %s (name %s, version %s)", self.uri, ref.name, ref.version)
+        return served
+
+    @property
+    def follows_alias(self) -> bool:
+        return self.uri.startswith("models:/") and "@" in self.uri
+
+    async def poll_forever(self, interval: float) -> None:
+        """Every ``interval`` seconds, load the alias's version if it moved; keep going on error."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self._reload_if_moved)
+            except Exception as exc:  # a bad new version must not take the service down
+                metrics.MODEL_RELOADS.labels(result="error").inc()
+                log.error("reload of %s failed, still serving version %s: %s", self.uri,
+                          self.current.ref.version if self.current else None, exc)  # fmt: skip
+
+    def _reload_if_moved(self) -> None:
+        ref = registry.resolve(self.uri)  # a registry lookup; downloads only a new version
+        if self.current is not None and ref.version == self.current.ref.version:
+            return
+        self.load()
+        metrics.MODEL_RELOADS.labels(result="success").inc()

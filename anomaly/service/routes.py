@@ -1,0 +1,260 @@
+"""The service's endpoints. Each one: take the current model, turn the body into columns, await
+the batcher, write the answer. No scoring logic lives here."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
+
+from anomaly.detector import RESULT_COLUMNS
+from anomaly.errors import InputError
+from anomaly.service import metrics
+from anomaly.service.inputs import parse_invocations, parse_line, records_to_columns
+from anomaly.service.model import ServedModel
+from anomaly.service.schemas import ErrorResponse, ModelInfo, ScoreRequest, ScoreResponse
+
+scoring = APIRouter(tags=["scoring"])
+operations = APIRouter(tags=["operations"])
+
+_ERRORS = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
+    413: {"model": ErrorResponse, "description": "Body or record count over the limit"},
+    422: {"model": ErrorResponse, "description": "Bad input: names the field and record"},
+    503: {"model": ErrorResponse, "description": "No model loaded"},
+}
+
+
+class DuplexStreamingResponse(StreamingResponse):
+    """Answers while the request body is still arriving.
+
+    Starlette's StreamingResponse listens for a client disconnect by reading ``receive``, which
+    would swallow the body's chunks; here the body iterator is the only reader, and it sees a
+    disconnect as ``ClientDisconnect``.
+    """
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.stream_response(send)
+
+
+def current_model(request: Request) -> ServedModel:
+    served = request.app.state.holder.current
+    if served is None:
+        raise HTTPException(503, "no model loaded")
+    return served
+
+
+def require_token(request: Request) -> None:
+    """Bearer-token check, in constant time; a no-op when no token is configured."""
+    token = request.app.state.settings.api_token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise HTTPException(401, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+Model = Annotated[ServedModel, Depends(current_model)]
+
+
+def _check_count(request: Request, n: int) -> None:
+    limit = request.app.state.settings.max_records
+    if n > limit:
+        raise HTTPException(413, f"{n} records in one request; the limit is {limit}")
+
+
+@scoring.post(
+    "/v1/score",
+    response_model=ScoreResponse,
+    responses=_ERRORS,
+    dependencies=[Depends(require_token)],
+    summary="Score records",
+)
+async def score(body: ScoreRequest, request: Request, served: Model) -> Response:
+    """Scores, flags, p-values and top features of each record, in input order."""
+    _check_count(request, len(body.records))
+    columns = records_to_columns(served.detector, body.records)
+    result = await request.app.state.batcher.score(served, columns, len(body.records))
+    payload = {
+        "model": {"name": served.ref.name, "version": served.ref.version, "uri": served.ref.uri},
+        "threshold": float(served.detector.threshold_),
+        "results": _results(result),
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+@scoring.post(
+    "/invocations",
+    responses=_ERRORS,
+    dependencies=[Depends(require_token)],
+    summary="MLflow's scoring protocol",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def invocations(request: Request, served: Model) -> Response:
+    """``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs`` JSON, or CSV, as
+    ``mlflow models serve`` takes them; answers ``{"predictions": [...]}`` with each row's input
+    columns and its scores, as the MLflow pyfunc's ``predict`` returns them."""
+    frame = parse_invocations(await request.body(), request.headers.get("content-type", ""))
+    _check_count(request, len(frame))
+    columns = served.detector.schema_.coerce(frame)
+    result = await request.app.state.batcher.score(served, columns, len(frame))
+    out = frame.drop(columns=[c for c in RESULT_COLUMNS if c in frame.columns])
+    for name in RESULT_COLUMNS:
+        values = result[name]
+        out[name] = values.to_numpy(zero_copy_only=False) if name == "top_features" else values
+    predictions = out.astype(object).where(out.notna(), None).to_dict(orient="records")
+    return Response(
+        orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+    )
+
+
+@scoring.post(
+    "/v1/score/stream",
+    responses=_ERRORS,
+    dependencies=[Depends(require_token)],
+    summary="Score an NDJSON stream",
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "required": True,
+        }
+    },
+)
+async def score_stream(request: Request) -> DuplexStreamingResponse:
+    """A record per line in, a result per line out (``{"line": i, ...}``, or ``{"line": i,
+    "error": ...}`` for a bad line), scored in micro-batches as lines arrive."""
+    current_model(request)  # 503 before the stream starts
+    settings = request.app.state.settings
+    return DuplexStreamingResponse(
+        _stream_results(request, settings.stream_batch_lines, settings.max_line_bytes),
+        media_type="application/x-ndjson",
+    )
+
+
+async def _stream_results(
+    request: Request, batch_lines: int, max_line: int
+) -> AsyncIterator[bytes]:
+    try:
+        async for part in _stream_parts(request, batch_lines, max_line):
+            yield part
+    except ClientDisconnect:
+        return
+
+
+async def _stream_parts(request: Request, batch_lines: int, max_line: int) -> AsyncIterator[bytes]:
+    pending, number = b"", 0
+    async for chunk in request.stream():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > max_line:
+            yield _line({"line": number, "error": f"line longer than {max_line} bytes"})
+            return
+        for start in range(0, len(lines), batch_lines):
+            group = lines[start : start + batch_lines]
+            yield await _score_lines(request, group, number)
+            number += len(group)
+    if pending.strip():
+        yield await _score_lines(request, [pending], number)
+
+
+async def _score_lines(request: Request, lines: list[bytes], first: int) -> bytes:
+    """Results of consecutive lines, in order; a bad line gets an error and spares the rest."""
+    served = current_model(request)  # per batch: a long stream follows hot reloads
+    out: dict[int, dict] = {}
+    records: dict[int, dict[str, Any]] = {}
+    for offset, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records[first + offset] = parse_line(line, first + offset)
+        except InputError as exc:
+            out[first + offset] = {"line": first + offset, "error": str(exc)}
+    while records:
+        numbers = list(records)
+        try:
+            columns = records_to_columns(served.detector, list(records.values()))
+        except InputError as exc:
+            if exc.row is None:
+                raise
+            bad = numbers[exc.row]
+            message = (
+                str(exc)
+                .replace(f"row {exc.row}", f"line {bad}")
+                .replace(f"record {exc.row}", f"line {bad}")
+            )
+            out[bad] = {"line": bad, "error": message}
+            del records[bad]
+            continue
+        result = await request.app.state.batcher.score(served, columns, len(numbers))
+        for number, item in zip(numbers, _results(result), strict=True):
+            out[number] = {"line": number, **item}
+        break
+    return b"".join(_line(out[n]) for n in sorted(out))
+
+
+@operations.get("/healthz", summary="Liveness")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@operations.get("/readyz", summary="Readiness: a model is loaded", responses={503: _ERRORS[503]})
+async def readyz(request: Request) -> dict:
+    served = current_model(request)
+    return {"status": "ready", "version": served.ref.version}
+
+
+@operations.get("/v1/model", response_model=ModelInfo, summary="The model being served")
+async def model_info(served: Model) -> dict:
+    detector, ref = served.detector, served.ref
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "alias": served.alias,
+        "uri": ref.uri,
+        "run_id": ref.run_id,
+        "model": detector.model,
+        "score": detector._score_method(),
+        "threshold": float(detector.threshold_),
+        "target_fpr": detector.target_fpr,
+        "trained_at": detector.training_summary_["trained_at"],
+        "loaded_at": served.loaded_at,
+        "schema": detector.schema_.to_dict(),
+    }
+
+
+@operations.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
+def _results(result: dict) -> list[dict]:
+    scores = result["anomaly_score"].astype(np.float64).tolist()
+    flags = result["is_anomaly"].tolist()
+    p_values = result["p_value"].tolist()
+    top = [text.split(";") for text in result["top_features"].to_pylist()]
+    return [
+        {"anomaly_score": s, "is_anomaly": f, "p_value": p, "top_features": t}
+        for s, f, p, t in zip(scores, flags, p_values, top, strict=True)
+    ]
+
+
+def _line(item: dict) -> bytes:
+    return orjson.dumps(item) + b"\n"

@@ -1,0 +1,60 @@
+"""The service's request and response bodies: the HTTP contract, and its OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ScoreRequest(BaseModel):
+    records: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Rows to score: column name to value. Every trained column is required; "
+        "columns the model ignores (excluded at training) are allowed.",
+        examples=[[{"cpu": 41.2, "region": "eu-west", "cached": True}]],
+    )
+
+
+class ScoreResult(BaseModel):
+    anomaly_score: float = Field(description="Higher = more anomalous")
+    is_anomaly: bool = Field(description="anomaly_score above the calibrated threshold")
+    p_value: float = Field(description="Conformal p-value against the calibration scores")
+    top_features: list[str] = Field(description="Columns that contributed most, most first")
+
+
+class ModelRefOut(BaseModel):
+    name: str | None
+    version: str | None
+    uri: str
+
+
+class ScoreResponse(BaseModel):
+    model: ModelRefOut
+    threshold: float
+    results: list[ScoreResult] = Field(description="One per input record, in input order")
+
+
+class ModelInfo(BaseModel):
+    name: str | None
+    version: str | None
+    alias: str | None
+    uri: str
+    run_id: str | None
+    model: str = Field(description="vae, ae or linear")
+    score: str = Field(description="What anomaly_score measures")
+    threshold: float
+    target_fpr: float
+    trained_at: str
+    loaded_at: str
+    schema_: dict = Field(alias="schema", description="Columns, kinds and categories")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'records', 3, 'cpu']")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[ErrorItem] | str

@@ -1,0 +1,32 @@
+"""Service settings, from the environment (``ANOMALY_*``) or from ``anomaly serve``'s options."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the scoring service; each is read from ``ANOMALY_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="ANOMALY_", protected_namespaces=())
+
+    model_uri: str = Field(description="Model directory or MLflow URI, e.g. models:/NAME@champion")
+    api_token: SecretStr | None = Field(
+        None, description="When set, scoring endpoints need 'Authorization: Bearer <token>'"
+    )
+    max_body_bytes: int = Field(16 * 2**20, gt=0, description="Largest request body (413 beyond)")
+    max_records: int = Field(10_000, gt=0, description="Most records per request (413 beyond)")
+    reload_interval: float = Field(
+        30.0, ge=0, description="Seconds between registry polls of an alias URI (0: never)"
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a request waits for others to share its forward pass"
+    )
+    batch_max_records: int = Field(8192, gt=0, description="Most records in one forward pass")
+    stream_batch_lines: int = Field(
+        512, gt=0, description="Most NDJSON lines scored together on /v1/score/stream"
+    )
+    max_line_bytes: int = Field(1 << 20, gt=0, description="Longest NDJSON line on the stream")
+    device: str = Field("cpu", description="Torch device for scoring")
+    torch_threads: int | None = Field(None, gt=0, description="Torch threads per worker")

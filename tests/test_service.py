@@ -1,0 +1,247 @@
+"""The scoring service in-process (Starlette's TestClient runs its lifespan): endpoints, one
+scoring path, bad input, limits, auth, dynamic batching and hot reload."""
+
+import asyncio
+import json
+import shutil
+import time
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from anomaly import registry
+from anomaly.pyfunc import with_scores
+from anomaly.service.app import create_app
+from anomaly.service.batching import Batcher
+from anomaly.service.model import ModelHolder
+from anomaly.service.settings import Settings
+
+
+def records_of(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records", double_precision=15))
+
+
+@pytest.fixture(scope="module")
+def model_dir(fitted_vae, tmp_path_factory):
+    return fitted_vae.save(tmp_path_factory.mktemp("served") / "model")
+
+
+@pytest.fixture(scope="module")
+def client(model_dir):
+    with TestClient(create_app(Settings(model_uri=str(model_dir), max_records=500))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def rows(test_rows):
+    return test_rows.drop(columns=["label"]).head(300).reset_index(drop=True)
+
+
+def test_v1_score_invocations_and_stream_give_the_detector_scores(client, rows, fitted_vae):
+    expected = fitted_vae.score(rows)
+    answer = client.post("/v1/score", json={"records": records_of(rows)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["threshold"] == pytest.approx(float(fitted_vae.threshold_))
+    results = pd.DataFrame(body["results"])
+    assert np.array_equal(results["anomaly_score"].to_numpy("float32"), expected["anomaly_score"])
+    assert (results["is_anomaly"] == expected["is_anomaly"]).all()
+    assert (results["p_value"] == expected["p_value"]).all()
+    assert results["top_features"].str.join(";").tolist() == expected["top_features"].tolist()
+
+    split = {"columns": list(rows.columns), "data": rows.astype(object).to_numpy().tolist()}
+    answer = client.post(
+        "/invocations",
+        content=json.dumps({"dataframe_split": split}),
+        headers={"Content-Type": "application/json"},
+    )  # NaN: Python's json
+    assert answer.status_code == 200, answer.text
+    predictions = pd.DataFrame(answer.json()["predictions"])
+    pyfunc = with_scores(fitted_vae, rows)
+    assert list(predictions.columns) == list(pyfunc.columns)
+    assert np.array_equal(predictions["anomaly_score"].to_numpy("float32"), pyfunc["anomaly_score"])
+    assert (predictions["top_features"] == pyfunc["top_features"]).all()
+    answer = client.post("/invocations", content=rows.to_csv(index=False),
+                         headers={"Content-Type": "text/csv"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    from_csv = pd.DataFrame(answer.json()["predictions"])
+    assert np.array_equal(from_csv["anomaly_score"].to_numpy("float32"), pyfunc["anomaly_score"])
+
+    lines = b"".join(json.dumps(r).encode() + b"\n" for r in records_of(rows))
+    answer = client.post("/v1/score/stream", content=_chunks(lines, 997),
+                         headers={"Content-Type": "application/x-ndjson"})  # fmt: skip
+    assert answer.status_code == 200
+    streamed = pd.DataFrame([json.loads(line) for line in answer.text.splitlines()])
+    assert streamed["line"].tolist() == list(range(len(rows)))
+    assert np.array_equal(streamed["anomaly_score"].to_numpy("float32"), expected["anomaly_score"])
+
+
+def _chunks(data: bytes, size: int):
+    for start in range(0, len(data), size):  # chunked upload, lines cut anywhere
+        yield data[start : start + size]
+
+
+def test_stream_answers_bad_lines_and_scores_the_rest(client, rows, fitted_vae):
+    good = records_of(rows.head(3))
+    unknown = {**good[0], "cpux": 1}
+    wrong = {**good[1], "cpu": "fast"}
+    body = "\n".join([json.dumps(good[0]), "{not json", json.dumps(unknown), json.dumps(wrong),
+                      json.dumps(good[2]), "[1, 2]"]) + "\n"  # fmt: skip
+    answer = client.post("/v1/score/stream", content=body.encode())
+    out = [json.loads(line) for line in answer.text.splitlines()]
+    assert [o["line"] for o in out] == [0, 1, 2, 3, 4, 5]
+    assert "not valid JSON" in out[1]["error"]
+    assert out[2]["error"] == "line 2: unknown field 'cpux' (the model reads 8 fields)"
+    assert out[3]["error"] == "column 'cpu', line 3: 'fast' is not a number"
+    assert "expected a JSON object" in out[5]["error"]
+    expected = fitted_vae.score(rows.head(3))["anomaly_score"].to_numpy()
+    assert np.float32(out[4]["anomaly_score"]) == expected[2]
+
+
+@pytest.mark.parametrize(
+    ("edit", "status", "loc", "message"),
+    [
+        (lambda r: r[1].pop("cpu"), 422, ["body", "records", 1, "cpu"], "missing field 'cpu'"),
+        (lambda r: r[2].update(cpux=3), 422, ["body", "records", 2, "cpux"], "unknown field"),
+        (lambda r: r[0].update(cpu="fast"), 422, ["body", "records", 0, "cpu"], "not a number"),
+        (lambda r: r[0].update(cpu=[1, 2]), 422, ["body", "records", 0, "cpu"], "not a number"),
+        (lambda r: r[1].update(cached="maybe"), 422, ["body", "records", 1, "cached"],
+         "not true or false"),
+    ],
+)  # fmt: skip
+def test_bad_records_name_the_field_and_record(client, rows, edit, status, loc, message):
+    records = records_of(rows.head(3))
+    edit(records)
+    answer = client.post("/v1/score", json={"records": records})
+    assert answer.status_code == status
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == loc and message in error["msg"]
+
+
+def test_malformed_bodies_and_non_finite_values(client, rows):
+    assert client.post("/v1/score", content=b"{oops").status_code == 422
+    assert client.post("/v1/score", json={"records": []}).status_code == 422
+    assert client.post("/v1/score", json={"rows": []}).status_code == 422
+    record = records_of(rows.head(1))[0]
+    text = json.dumps({"records": [{**record, "cpu": float("inf")}]})  # Python writes Infinity
+    answer = client.post("/v1/score", content=text, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    answer = client.post("/invocations", json={"dataframe_records": [{**record, "cpu": "x"}]})
+    assert answer.status_code == 400
+    assert answer.json()["message"] == "column 'cpu', row 0: 'x' is not a number"
+    answer = client.post("/invocations", json={"inputs": 3})
+    assert answer.status_code == 400
+    answer = client.post("/invocations", content=b"a,b", headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 400
+
+
+def test_limits_answer_413(model_dir, rows):
+    records = records_of(rows.head(20))
+    settings = Settings(model_uri=str(model_dir), max_records=10, max_body_bytes=4000)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/score", json={"records": records[:5]}).status_code == 200
+        answer = client.post("/v1/score", json={"records": records[:12] and records[:10] * 2})
+        assert answer.status_code == 413  # over the byte limit (Content-Length)
+        small = [{k: v for k, v in r.items() if k not in ("host_id", "timestamp")} for r in records]
+        answer = client.post("/v1/score", json={"records": small[:2] * 6})
+        assert answer.status_code == 413 and "limit is 10" in answer.json()["detail"]
+        chunked = (b" " * 1000 for _ in range(5))  # no Content-Length: counted as it arrives
+        assert client.post("/v1/score", content=chunked).status_code == 413
+
+
+def test_token_guards_scoring_not_health_or_metrics(model_dir, rows):
+    settings = Settings(model_uri=str(model_dir), api_token="s3cret")
+    body = {"records": records_of(rows.head(2))}
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/score", json=body).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post("/v1/score", json=body, headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert client.post("/v1/score", json=body, headers=right).status_code == 200
+        assert client.post("/v1/score/stream", content=b"{}\n").status_code == 401
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200
+
+
+def test_health_model_info_and_metrics(client, rows, fitted_vae):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    info = client.get("/v1/model").json()
+    assert info["threshold"] == pytest.approx(float(fitted_vae.threshold_))
+    assert info["model"] == "vae" and info["score"] == "elbo"
+    assert [c["name"] for c in info["schema"]["columns"]] == fitted_vae.schema_.names
+    client.post("/v1/score", json={"records": records_of(rows.head(7))})
+    text = client.get("/metrics").text
+    for name in ("anomaly_requests_total", "anomaly_request_duration_seconds_bucket",
+                 "anomaly_records_scored_total", "anomaly_records_flagged_total",
+                 "anomaly_score_bucket", "anomaly_threshold", "anomaly_model_info",
+                 "anomaly_model_reloads"):  # fmt: skip
+        assert name in text, name
+    assert 'anomaly_requests_total{endpoint="/v1/score",status="200"}' in text
+    assert f"anomaly_threshold {float(fitted_vae.threshold_)}"[:24] in text
+    assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+
+
+def test_concurrent_requests_share_forward_passes(fitted_vae, model_dir, rows):
+    holder = ModelHolder(str(model_dir))
+    served = holder.load()
+    columns = fitted_vae.schema_.coerce(rows)
+
+    async def burst() -> tuple[list[dict], int]:
+        batcher = Batcher(max_wait_s=0.005, max_records=4096)
+        batcher.start()
+        one = {k: v[i : i + 1] for k, v in columns.items() for i in [0]}
+        jobs = [
+            batcher.score(served, {k: v[i : i + 1] for k, v in columns.items()}, 1)
+            for i in range(100)
+        ]
+        results = await asyncio.gather(*jobs)
+        del one
+        await batcher.stop()
+        return results, batcher.batches
+
+    results, batches = asyncio.run(burst())
+    assert batches < 10  # 100 requests, a handful of forward passes
+    expected = fitted_vae.score(rows.head(100))
+    scores = np.concatenate([r["anomaly_score"] for r in results])
+    assert np.array_equal(scores, expected["anomaly_score"])  # batch company changes nothing
+
+
+def test_hot_reload_follows_the_alias_without_failed_requests(fitted_ae, fitted_vae, rows):
+    name = "hot-reload"
+    registry.log_detector(fitted_vae, register=name)
+    second = registry.log_detector(fitted_ae, register=name)
+    settings = Settings(model_uri=f"models:/{name}@champion", reload_interval=0.2)
+    body = {"records": records_of(rows.head(5))}
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/model").json()["version"] == "1"
+        registry.promote(name, second.version)
+        statuses, versions, deadline = [], set(), time.monotonic() + 30
+        while time.monotonic() < deadline:
+            answer = client.post("/v1/score", json=body)
+            statuses.append(answer.status_code)
+            versions.add(answer.json()["model"]["version"])
+            if versions == {"1", "2"}:
+                break
+        assert set(statuses) == {200} and versions == {"1", "2"}
+        expected = fitted_ae.score(rows.head(5))["anomaly_score"].to_numpy()
+        scores = [r["anomaly_score"] for r in client.post("/v1/score", json=body).json()["results"]]
+        assert np.array_equal(np.float32(scores), expected)
+
+        # A version whose files are gone: the reload fails, is counted, and v2 stays.
+        broken = registry.log_detector(fitted_vae, register=name)
+        location = MlflowClient().get_logged_model(broken.model_id).artifact_location
+        shutil.rmtree(urlparse(location).path)
+        registry.promote(name, broken.version)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if 'anomaly_model_reloads_total{result="error"}' in client.get("/metrics").text:
+                break
+            time.sleep(0.2)
+        assert 'anomaly_model_reloads_total{result="error"}' in client.get("/metrics").text
+        assert client.get("/v1/model").json()["version"] == "2"
+        assert client.post("/v1/score", json=body).status_code == 200
