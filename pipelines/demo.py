@@ -1,18 +1,24 @@
 """`make demo`: the product end to end on generated data, with the commands a user would type.
 
 train and register in MLflow -> list the registry -> batch-score a CSV by alias -> evaluate on
-labelled rows. Everything lands in ./demo-output (MLflow's default store, mlflow.db, included:
-the commands run there); the last lines say where to look.
+labelled rows -> serve the champion over HTTP: score records, stream NDJSON, read the metrics.
+Everything lands in ./demo-output (MLflow's default store, mlflow.db, included: the commands
+run there); the last lines say where to look.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 
 from anomaly.datasets import make_service_metrics
@@ -45,6 +51,8 @@ def main() -> None:
     run("evaluate", "new.csv", "--model", f"models:/{NAME}@champion", "--label-col", "label",
         "--target-recall", "0.95")  # fmt: skip
 
+    serve_and_stream(pd.read_csv(OUT / "new.csv"))
+
     scored = pd.read_csv(OUT / "scored.csv")
     normal_rows, anomalies = scored[scored["label"] == 0], scored[scored["label"] == 1]
     print(
@@ -59,10 +67,62 @@ def main() -> None:
         f"  {OUT}/scored.csv        every input row with anomaly_score, is_anomaly, p_value, "
         "top_features\n"
         f"  {OUT}/model/            the model directory (detector.json + weights.safetensors)\n"
+        f"  anomaly serve --model models:/{NAME}@champion   then http://127.0.0.1:8000/docs "
+        f"(run in {OUT})\n"
         f"  cd {OUT} && ../.venv/bin/mlflow ui\n"
         "                          runs with losses and plots (loss curve, calibration histogram,\n"
         f"                          latent projection, ROC/PR), the registered model {NAME}"
     )
+
+
+def serve_and_stream(rows: pd.DataFrame) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    args = ["serve", "--model", f"models:/{NAME}@champion", "--port", str(port), "--log-level",
+            "warning"]  # fmt: skip
+    print(f"\n$ {shlex.join(['anomaly', *args])} &", flush=True)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(bin_dir / "anomaly"), *args], cwd=OUT, env=env)
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        model = httpx.get(f"{url}/v1/model").json()
+        print(f"GET /v1/model -> {model['name']} v{model['version']} ({model['alias']}), "
+              f"threshold {model['threshold']:.4g}")  # fmt: skip
+        features = rows.drop(columns=["label"])
+        picked = pd.concat(
+            [features[rows["label"] == 0].head(2), features[rows["label"] == 1].head(1)]
+        )
+        records = json.loads(picked.to_json(orient="records"))
+        answer = httpx.post(f"{url}/v1/score", json={"records": records}).json()
+        print("POST /v1/score (two normal rows, one anomaly) ->")
+        for result in answer["results"]:
+            top = ", ".join(result["top_features"])
+            print(f"  score {result['anomaly_score']:10.4g}  anomaly {result['is_anomaly']!s:5}  "
+                  f"p {result['p_value']:.3g}  top {top}")  # fmt: skip
+        lines = features.head(2000).to_json(orient="records", lines=True).encode()
+        ndjson = {"Content-Type": "application/x-ndjson"}
+        streamed = httpx.post(f"{url}/v1/score/stream", content=lines, headers=ndjson, timeout=60)
+        out = [json.loads(line) for line in streamed.text.splitlines()]
+        flagged = sum(bool(o.get("is_anomaly")) for o in out)
+        print(
+            f"POST /v1/score/stream (2,000 NDJSON lines) -> {len(out)} result lines, "
+            f"{flagged} flagged"
+        )
+        wanted = ("anomaly_requests_total", "anomaly_records_scored_total", "anomaly_model_info")
+        metrics = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                   if line.startswith(wanted)]  # fmt: skip
+        print("GET /metrics ->\n  " + "\n  ".join(metrics))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

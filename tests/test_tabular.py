@@ -162,3 +162,23 @@ def test_text_parsing_names_the_bad_row():
     table = pa.table({"x": ["1", "inf", "3"], "b": ["t", "t", "t"]})
     with pytest.raises(InputError, match=r"column 'x', row 1: infinite"):
         schema.coerce_text(table)
+
+
+def test_records_give_the_same_arrays_as_a_dataframe():
+    from anomaly.datasets import make_service_metrics
+
+    frame = make_service_metrics(300, 30, seed=4)
+    schema = TabularSchema.infer(frame, exclude=["host_id", "timestamp", "label"])
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    records[3]["cpu"] = "12.5"  # text in a numeric column: the DataFrame path's rules
+    records[4]["region"] = "mars"  # an unseen level
+    records[5]["cached"] = None
+    direct = schema.coerce_records(records)
+    via_pandas = schema.coerce(pd.DataFrame.from_records(records))
+    assert direct.keys() == via_pandas.keys()
+    for name in direct:
+        assert direct[name].dtype == via_pandas[name].dtype, name
+        np.testing.assert_array_equal(direct[name], via_pandas[name], err_msg=name)
+    records[7]["cpu"] = float("inf")
+    with pytest.raises(InputError, match="column 'cpu', row 7: infinite"):
+        schema.coerce_records(records)

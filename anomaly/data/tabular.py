@@ -13,10 +13,11 @@ raw value becomes a number. It is plain data (``to_dict``/``from_dict``) so it l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -192,6 +193,25 @@ class TabularSchema:
                 out[col.name] = TabularSchema((col,)).coerce(text, row_offset=row_offset)[col.name]
         return out
 
+    def coerce_records(self, records: Sequence[Mapping], *, row_offset: int = 0) -> dict:
+        """:meth:`coerce` for records (parsed JSON objects), without building a DataFrame.
+
+        A column whose values are all JSON numbers (numeric), booleans (boolean) or strings
+        (categorical), or null, is converted directly; any other column goes through
+        :meth:`coerce`, so there is one set of rules and one set of error messages. Records
+        lacking a column count as missing values there; callers that want them refused check
+        first.
+        """
+        out = {}
+        for col in self.columns:
+            values = [record.get(col.name) for record in records]
+            direct = _from_json(values, col)
+            if direct is None:
+                frame = pd.DataFrame({col.name: pd.Series(values, dtype=object)})
+                direct = TabularSchema((col,)).coerce(frame, row_offset=row_offset)[col.name]
+            out[col.name] = direct
+        return out
+
     def to_dict(self) -> dict:
         return {
             "columns": [
@@ -295,6 +315,31 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     if len(ranked) == len(series) and len(series) > max_categories:
         log.warning("column %r: every value is distinct; is it an identifier to exclude?", name)
     return Column(name, CATEGORICAL, tuple(k for k, _ in ranked[:max_categories]))
+
+
+_NONE = type(None)
+
+
+def _from_json(values: list, col: Column) -> np.ndarray | None:
+    """:meth:`TabularSchema.coerce_records`' direct path; None when a value needs the checks."""
+    kinds = set(map(type, values))
+    if col.kind == NUMERIC and kinds <= {int, float, _NONE}:
+        try:
+            array = np.array(values, dtype=np.float64)  # None -> NaN
+        except OverflowError:
+            return None
+        return None if np.isinf(array).any() else array
+    if col.kind == BOOLEAN and kinds <= {bool, _NONE}:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if col.kind == CATEGORICAL and kinds <= {str, _NONE}:
+        index = _category_index(col.categories)
+        return np.fromiter((index.get(v, -1) for v in values), np.int64, len(values))
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _category_index(categories: tuple[str, ...]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(categories)}
 
 
 def _first_bad(mask: np.ndarray) -> int:

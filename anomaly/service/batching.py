@@ -1,10 +1,11 @@
 """Dynamic batching: concurrent requests share one forward pass.
 
 Requests put their (already validated) columns on a queue. One task takes the first waiting
-request, everything else already queued, and whatever arrives within ``max_wait`` of the first
-one's arrival (up to ``max_records``), scores them together in a worker thread, and hands each
-request its slice. While a batch is being scored the next one gathers, so under load batches
-grow by themselves, and an idle service adds at most ``max_wait`` to a request. Scores do not
+request and everything else already queued (up to ``max_records``), scores them together in a
+worker thread, and hands each request its slice. While a batch is being scored the next one
+gathers, so under load batches grow by themselves. When the last batch was shared (the service
+is busy), the next one also waits up to ``max_wait`` after its first request's arrival for
+more; a lone request on an idle service is scored at once. Scores do not
 depend on batch company (rows are scored in padded blocks), so batching never changes a result.
 """
 
@@ -38,6 +39,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._task: asyncio.Task | None = None
         self.batches = 0  # forward passes run, for tests and logs
+        self._busy = False  # the last batch served more than one request
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
@@ -66,6 +68,7 @@ class Batcher:
                         job.future.set_exception(exc)
                 continue
             self.batches += 1
+            self._busy = len(jobs) > 1
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():  # the client may have gone
                     job.future.set_result(result)
@@ -74,7 +77,7 @@ class Batcher:
         first = self._held or await self._queue.get()
         self._held = None
         jobs, rows = [first], first.rows
-        deadline = first.arrived + self.max_wait_s
+        deadline = first.arrived + (self.max_wait_s if self._busy else 0.0)
         while rows < self.max_records:
             try:
                 if self._queue.empty():

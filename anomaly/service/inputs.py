@@ -42,8 +42,7 @@ def records_to_columns(detector: Detector, records: list[dict[str, Any]]) -> dic
                 column=field,
                 row=i,
             )
-    frame = pd.DataFrame.from_records(records, columns=schema.names)
-    return schema.coerce(frame)
+    return schema.coerce_records(records)
 
 
 def parse_invocations(body: bytes, content_type: str) -> pd.DataFrame:
