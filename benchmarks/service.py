@@ -4,7 +4,7 @@
 
 For each worker count, both servers get in turn:
 - single-record requests at saturation (wrk, 16 connections): requests/s and latency;
-- single-record requests at about 100 requests/s (wrk, 2 connections each pausing 20 ms
+- single-record requests at about 100 requests/s (wrk, 3 connections each pausing 20 ms
   between answer and next request): p50/p99 latency;
 - 1,000-record requests at saturation (wrk, 4 connections): records/s.
 Needs Debian's `wrk`. The model is the default VAE trained on 20,000 generated rows; both
@@ -39,7 +39,7 @@ wrk.headers["Content-Type"] = "application/json"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
 {pacing}
 """
-# Each of 2 connections waits 20 ms after an answer: about 100 requests/s while answers are fast.
+# Each of 3 connections waits 20 ms after an answer: about 100 requests/s at 10 ms answers.
 PACING = "function delay() return 20 end"
 
 
@@ -147,7 +147,7 @@ def main() -> None:
                 url = base + path
                 wrk(url, files[(server, 1)], 16, 2)  # warm-up
                 single = wrk(url, files[(server, 1)], 16, args.duration)
-                paced = wrk(url, files[(server, 1)], 2, args.duration, paced=True)
+                paced = wrk(url, files[(server, 1)], 3, args.duration, paced=True)
                 big = wrk(url, files[(server, 1000)], 4, args.duration)
             finally:
                 stop(proc)
