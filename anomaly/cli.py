@@ -271,9 +271,11 @@ def serve(
         )
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # metrics summed over workers
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-metrics-")
+    from anomaly import registry
     from anomaly.service.settings import Settings
 
     Settings()  # bad settings fail here, once, not in every worker
+    registry.resolve(model)  # so does a bad URI; the download lands in the cache workers use
     uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level)  # fmt: skip
 

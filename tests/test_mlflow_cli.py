@@ -127,3 +127,10 @@ def test_unreachable_tracking_server_is_one_line(workdir):
     assert done.stderr.strip().startswith(
         f"error: cannot reach the MLflow tracking server at {url}"
     )
+
+
+def test_serve_with_a_bad_model_is_one_line():
+    done = anomaly("serve", "--model", "models:/nothing-here@champion")
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: model 'nothing-here' has no alias 'champion'")
