@@ -175,7 +175,7 @@ def train(
             register=register,
             sample=frame,
             sample_is_anomaly=is_anomaly,
-            data_source=str(data),
+            data_source=str(data.resolve()),  # absolute: `retrain --mode append` reads it
         )
         aliases = f" with alias {', '.join(logged.aliases)}" if logged.aliases else ""
         typer.echo(
@@ -278,6 +278,79 @@ def serve(
     registry.resolve(model)  # so does a bad URI; the download lands in the cache workers use
     uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level)  # fmt: skip
+
+
+class RetrainMode(StrEnum):
+    fresh = "fresh"
+    finetune = "finetune"
+    append = "append"
+
+
+@app.command()
+@_friendly_errors
+def retrain(
+    data: Annotated[Path, typer.Argument(help="CSV of new normal rows.")],
+    name: Annotated[str, typer.Option(help="Registered model whose champion is challenged.")],
+    mode: Annotated[
+        RetrainMode, typer.Option(help="fresh weights, finetune the champion, or append data.")
+    ] = RetrainMode.fresh,
+    holdout: Annotated[float, typer.Option(help="Share of DATA kept for the gate.")] = 0.2,
+    anomalies: Annotated[
+        Path | None, typer.Option(help="CSV of labelled anomalies: the gate compares AUROC too.")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Most epochs (default: the champion's).")
+    ] = None,
+    max_fpr_ratio: Annotated[
+        float, typer.Option(help="Challenger's holdout FPR may be at most this x its target.")
+    ] = 2.0,
+    max_auroc_drop: Annotated[
+        float, typer.Option(help="How far the challenger's AUROC may fall below the champion's.")
+    ] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a challenger on new normal rows; promote it only if it passes the gate.
+
+    Exit code 0: promoted; 3: the champion stays (the reasons are printed); 2: bad input.
+    """
+    from anomaly.data import read_csv
+    from anomaly.retraining import GateRules
+    from anomaly.retraining import retrain as run_retrain
+
+    result = run_retrain(
+        name,
+        read_csv(data),
+        mode=mode.value,
+        holdout=holdout,
+        anomalies=read_csv(anomalies) if anomalies is not None else None,
+        rules=GateRules(max_fpr_ratio=max_fpr_ratio, max_auroc_drop=max_auroc_drop),
+        epochs=epochs,
+        data_source=str(data.resolve()),
+        seed=seed,
+        progress=True,
+    )
+    for note in result.schema.lines():
+        typer.echo(f"schema: {note}")
+    for reason in result.reasons:
+        typer.echo(reason)
+    if result.promoted:
+        typer.echo(
+            f"promoted {name} v{result.challenger_version} to champion "
+            f"(v{result.champion_version} is now previous); run {result.run_id}"
+        )
+        return
+    typer.echo(
+        f"kept {name} v{result.champion_version} as champion; challenger "
+        f"v{result.challenger_version} has alias challenger; run {result.run_id}"
+    )
+    raise typer.Exit(code=3)
+
+
+@app.command("rollback")
+@_friendly_errors
+def rollback_command(name: Annotated[str, typer.Argument(help="Registered model.")]) -> None:
+    """Give champion back to the version it replaced (same as `anomaly models rollback`)."""
+    models_rollback(name)
 
 
 models_app = typer.Typer(help="Registered models and their aliases.", no_args_is_help=True)

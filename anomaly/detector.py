@@ -199,7 +199,13 @@ class Detector:
         return DenseAE(arch["n_features"], arch["hidden"], arch["latent"], self.dropout)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: pd.DataFrame, calibration_data: pd.DataFrame | None = None) -> Detector:
+    def fit(
+        self,
+        X: pd.DataFrame,
+        calibration_data: pd.DataFrame | None = None,
+        *,
+        warm_start_from: Detector | None = None,
+    ) -> Detector:
         """Learn normal behaviour from ``X``, rows believed normal.
 
         Parameters
@@ -209,6 +215,10 @@ class Detector:
             is held out to calibrate the threshold and never trained on.
         calibration_data : DataFrame, optional
             Separate normal rows for calibration.
+        warm_start_from : Detector, optional
+            A fitted detector to continue from: its schema, preprocessing and architecture are
+            kept (so its input features mean the same), training starts from its weights, and
+            the threshold is calibrated anew on ``X``'s calibration rows.
 
         Returns
         -------
@@ -216,7 +226,17 @@ class Detector:
         """
         self._check_params()
         X = _as_frame(X)
-        schema = TabularSchema.infer(X, exclude=self.exclude, max_categories=self.max_categories)
+        if warm_start_from is None:
+            schema = TabularSchema.infer(
+                X, exclude=self.exclude, max_categories=self.max_categories
+            )
+        else:
+            warm_start_from._check_fitted()
+            if warm_start_from.model != self.model:
+                raise InputError(
+                    f"cannot warm-start a {self.model!r} model from a {warm_start_from.model!r} one"
+                )
+            schema = warm_start_from.schema_
         columns = schema.coerce(X)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(X))
@@ -240,13 +260,21 @@ class Detector:
         val_idx, train_idx = order[:n_val], order[n_val:]
 
         train_columns = _take(columns, train_idx)
-        preprocessor = TabularPreprocessor(schema).fit(train_columns)
+        if warm_start_from is None:
+            preprocessor = TabularPreprocessor(schema).fit(train_columns)
+        else:
+            preprocessor = warm_start_from.preprocessor_
         x_train = preprocessor.transform(train_columns)
         x_val = preprocessor.transform(_take(columns, val_idx))
 
-        arch = self._architecture(preprocessor.n_features_)
         torch.manual_seed(self.seed)  # the initial weights
-        module = self._build_module(arch)
+        if warm_start_from is None:
+            arch = self._architecture(preprocessor.n_features_)
+            module = self._build_module(arch)
+        else:
+            arch = warm_start_from.architecture_
+            module = self._build_module(arch)
+            module.load_state_dict(warm_start_from.module_.state_dict())
         device = resolve_device(self.device)
         config = TrainConfig(
             epochs=self.epochs,

@@ -390,6 +390,38 @@ def log_evaluation(evaluation, ref: ModelRef, *, data_source: str | None = None)
     return run.info.run_id
 
 
+def run_param(run_id: str, key: str) -> str | None:
+    """One parameter of a run (e.g. the ``data`` a model was trained on), or None."""
+    client = _client()
+    with _mlflow_errors(f"cannot read run {run_id}"):
+        return client.get_run(run_id).data.params.get(key)
+
+
+def log_gate(
+    run_id: str,
+    *,
+    promoted: bool,
+    reasons: list[str],
+    figures: dict[str, float],
+    rules: dict,
+    schema_notes: list[str],
+    champion_version: str | None,
+) -> None:
+    """Record a retraining gate's decision, figures and rules on the challenger's run."""
+    client = _client()
+    with _mlflow_errors(f"cannot log the gate to run {run_id}"):
+        for key, value in rules.items():
+            client.log_param(run_id, f"gate_{key}", value)
+        for key, value in figures.items():
+            if np.isfinite(value):
+                client.log_metric(run_id, f"gate_{key}", value)
+        client.set_tag(run_id, "anomaly.gate", "promoted" if promoted else "kept")
+        client.set_tag(run_id, "anomaly.gate_champion_version", str(champion_version))
+        text = "\n".join([f"decision: {'promoted' if promoted else 'kept the champion'}",
+                           *reasons, *[f"schema: {n}" for n in schema_notes]])  # fmt: skip
+        client.log_text(run_id, text + "\n", "gate.txt")
+
+
 # ---------------------------------------------------------------------- aliases
 def list_models() -> list[dict]:
     """Registered models: name, latest version, and which version each alias names."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from anomaly import AnomalyError, Detector, registry
 from anomaly.data import read_csv
@@ -40,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             detector.save(args.out)
         if args.register:
             logged = registry.log_detector(
-                detector, register=args.register, sample=frame, data_source=args.data
+                detector,
+                register=args.register,
+                sample=frame,
+                data_source=str(Path(args.data).resolve()),
             )
             logging.info("registered %s version %s", args.register, logged.version)
     except AnomalyError as exc:

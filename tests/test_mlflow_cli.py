@@ -134,3 +134,15 @@ def test_serve_with_a_bad_model_is_one_line():
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model 'nothing-here' has no alias 'champion'")
+
+
+def test_retrain_refuses_an_incompatible_schema_in_one_line(workdir, registered):
+    make_service_metrics(200, seed=3).drop(columns=["cpu"]).to_csv(workdir / "nocpu.csv",
+                                                                   index=False)  # fmt: skip
+    done = anomaly("retrain", str(workdir / "nocpu.csv"), "--name", registered)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"error: new data does not fit {registered} v1: column 'cpu' is gone"
+    )
+    done = anomaly("rollback", registered)
+    assert done.returncode == 2 and "no 'previous' version" in done.stderr

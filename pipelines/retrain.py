@@ -1,0 +1,59 @@
+"""Retraining for schedulers (cron, Airflow, a Kubernetes CronJob).
+
+    python -m pipelines.retrain --name NAME --data NEW_NORMAL.csv [--mode fresh|finetune|append]
+        [--holdout 0.2] [--anomalies LABELLED.csv]
+
+Trains a challenger on the new normal rows and promotes it to ``champion`` only when it passes
+the gate (see ``anomaly.retraining``). Runs and registry: ``MLFLOW_TRACKING_URI`` or ./mlflow.db.
+
+Exit codes: 0 promoted, 3 kept the champion (the gate refused), 2 bad input (incompatible
+schema, unknown model), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from anomaly import AnomalyError
+from anomaly.data import read_csv
+from anomaly.retraining import MODES, retrain
+
+PROMOTED, KEPT, BAD_INPUT = 0, 3, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="registered model")
+    parser.add_argument("--data", required=True, help="CSV of new normal rows")
+    parser.add_argument("--mode", default="fresh", choices=MODES)
+    parser.add_argument("--holdout", type=float, default=0.2)
+    parser.add_argument("--anomalies", help="CSV of labelled anomalies for the gate")
+    parser.add_argument("--epochs", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        result = retrain(
+            args.name,
+            read_csv(args.data),
+            mode=args.mode,
+            holdout=args.holdout,
+            anomalies=read_csv(args.anomalies) if args.anomalies else None,
+            epochs=args.epochs,
+            data_source=str(Path(args.data).resolve()),
+        )
+    except AnomalyError as exc:
+        logging.error("%s", exc)
+        return BAD_INPUT
+    for line in [*result.schema.lines(), *result.reasons]:
+        logging.info("%s", line)
+    decision = "promoted" if result.promoted else "kept the champion"
+    logging.info("%s: challenger v%s, champion was v%s, run %s", decision,
+                 result.challenger_version, result.champion_version, result.run_id)  # fmt: skip
+    return PROMOTED if result.promoted else KEPT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Retraining end to end on a real sqlite registry: drift -> challenger promoted -> rollback;
+a worse challenger refused; an incompatible schema promoting nothing; the scheduler entry point."""
+
+import uuid
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from anomaly import registry
+from anomaly.datasets import make_service_metrics
+from anomaly.retraining import GateRules, SchemaMismatch, compare_schema, retrain
+from pipelines import retrain as retrain_pipeline
+
+
+def drifted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Normal behaviour moved: twice the traffic, and everything that follows it."""
+    out = frame.copy()
+    for column in ("requests", "cpu", "bytes_out"):
+        out[column] = out[column] * 2.0
+    out["latency_ms"] = out["latency_ms"] + 15.0
+    return out
+
+
+def anomalies_only(n: int, seed: int) -> pd.DataFrame:
+    rows = make_service_metrics(50, n, seed=seed)
+    return rows[rows["label"] == 1].reset_index(drop=True)
+
+
+@pytest.fixture
+def champion(fitted_ae, normal_rows, tmp_path):
+    name = f"retrain-{uuid.uuid4().hex[:8]}"
+    normal_rows.to_csv(tmp_path / "first.csv", index=False)
+    registry.log_detector(fitted_ae, register=name, data_source=str(tmp_path / "first.csv"))
+    return name
+
+
+def aliases(name: str) -> dict:
+    return {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def test_drift_promotes_the_challenger_and_rollback_restores(champion):
+    new = drifted(make_service_metrics(4000, seed=11))
+    result = retrain(champion, new, epochs=40)
+    assert result.figures["champion_fpr"] > 0.1  # the old threshold no longer holds
+    assert result.figures["challenger_fpr"] <= 0.02
+    assert result.promoted, result.reasons
+    assert aliases(champion) == {"champion": "2", "previous": "1", "challenger": "2"}
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.tags["anomaly.gate"] == "promoted"
+    logged_fpr = run.data.metrics["gate_challenger_fpr"]
+    assert logged_fpr == pytest.approx(result.figures["challenger_fpr"])
+    gate_text = mlflow.artifacts.load_text(f"runs:/{result.run_id}/gate.txt")
+    assert "decision: promoted" in gate_text
+    assert registry.rollback(champion) == ("2", "1")
+    assert aliases(champion)["champion"] == "1"
+
+
+def test_a_challenger_trained_on_anomalies_is_refused(champion):
+    contaminated = pd.concat([make_service_metrics(2500, seed=12), anomalies_only(900, 13)])
+    result = retrain(champion, contaminated, anomalies=anomalies_only(300, 14), epochs=40)
+    assert not result.promoted
+    assert any(r.startswith("failed: challenger AUROC") for r in result.reasons), result.reasons
+    assert result.figures["challenger_auroc"] < result.figures["champion_auroc"]
+    assert aliases(champion) == {"champion": "1", "challenger": "2"}
+    assert MlflowClient().get_run(result.run_id).data.tags["anomaly.gate"] == "kept"
+
+
+def test_a_barely_trained_challenger_is_refused(champion):
+    new = make_service_metrics(3000, seed=15)
+    result = retrain(champion, new, anomalies=anomalies_only(300, 16), epochs=1,
+                     rules=GateRules(max_auroc_drop=0.005))  # fmt: skip
+    assert not result.promoted, result.figures
+    assert aliases(champion)["champion"] == "1"
+
+
+def test_an_incompatible_schema_promotes_nothing(champion, fitted_ae):
+    new = make_service_metrics(500, seed=17)
+    with pytest.raises(SchemaMismatch, match="column 'cpu' is gone"):
+        retrain(champion, new.drop(columns=["cpu"]))
+    as_text = new.assign(requests=["many"] * len(new))
+    with pytest.raises(SchemaMismatch, match="'requests': numeric -> categorical"):
+        retrain(champion, as_text)
+    assert [v["version"] for v in registry.list_versions(champion)] == ["1"]
+    report = compare_schema(fitted_ae, new.assign(region="mars", extra=1))
+    assert report.compatible
+    assert report.added == ["extra"] and report.new_categories == {"region": ["mars"]}
+
+
+def test_finetune_keeps_the_champions_inputs_and_append_adds_its_data(champion, fitted_ae):
+    new = drifted(make_service_metrics(2000, seed=18))
+    tuned = retrain(champion, new, mode="finetune", epochs=10)
+    challenger = registry.load_detector(f"models:/{champion}/{tuned.challenger_version}")
+    assert challenger.architecture_ == fitted_ae.architecture_
+    assert challenger.preprocessor_.to_dict() == fitted_ae.preprocessor_.to_dict()
+    if tuned.promoted:
+        registry.rollback(champion)
+    appended = retrain(champion, new, mode="append", epochs=10)
+    params = MlflowClient().get_run(appended.run_id).data.params
+    rows = sum(int(params[k]) for k in ("train_rows", "validation_rows", "calibration_rows"))
+    assert rows == 5000 + 1600  # the champion's 5,000 rows and 80% of the new 2,000
+
+
+def test_scheduler_exit_codes(champion, tmp_path):
+    make_service_metrics(300, seed=19).drop(columns=["cpu"]).to_csv(tmp_path / "bad.csv",
+                                                                     index=False)  # fmt: skip
+    assert retrain_pipeline.main(["--name", champion, "--data", str(tmp_path / "bad.csv")]) == 2
+    drifted(make_service_metrics(3000, seed=20)).to_csv(tmp_path / "new.csv", index=False)
+    args = ["--name", champion, "--data", str(tmp_path / "new.csv"), "--epochs", "30"]
+    assert retrain_pipeline.main(args) == 0
+    anomalies_only(200, 21).to_csv(tmp_path / "anomalies.csv", index=False)
+    pd.concat([make_service_metrics(1500, seed=22), anomalies_only(600, 23)]).to_csv(
+        tmp_path / "dirty.csv", index=False
+    )
+    args = ["--name", champion, "--data", str(tmp_path / "dirty.csv"), "--anomalies",
+            str(tmp_path / "anomalies.csv"), "--epochs", "30"]  # fmt: skip
+    assert retrain_pipeline.main(args) == 3
