@@ -1,7 +1,9 @@
 """`make demo`: the product end to end on generated data, with the commands a user would type.
 
 train and register in MLflow -> list the registry -> batch-score a CSV by alias -> evaluate on
-labelled rows -> serve the champion over HTTP: score records, stream NDJSON, read the metrics.
+labelled rows -> serve the champion over HTTP: score records, stream NDJSON, read the metrics
+-> retrain on drifted normal rows while serving: the gate promotes the challenger and the
+service switches to it.
 Everything lands in ./demo-output (MLflow's default store, mlflow.db, included: the commands
 run there); the last lines say where to look.
 """
@@ -51,8 +53,6 @@ def main() -> None:
     run("evaluate", "new.csv", "--model", f"models:/{NAME}@champion", "--label-col", "label",
         "--target-recall", "0.95")  # fmt: skip
 
-    serve_and_stream(pd.read_csv(OUT / "new.csv"))
-
     scored = pd.read_csv(OUT / "scored.csv")
     normal_rows, anomalies = scored[scored["label"] == 0], scored[scored["label"] == 1]
     print(
@@ -62,6 +62,7 @@ def main() -> None:
     columns = ["region", "cpu", "requests", "latency_ms", "errors", "bytes_out"]
     top = scored.nlargest(5, "anomaly_score")[[*columns, "anomaly_score", "top_features"]]
     print("\nthe five most anomalous rows:\n" + top.to_string(index=False))
+    serve_and_stream(pd.read_csv(OUT / "new.csv"))
     print(
         f"\nwhere to look:\n"
         f"  {OUT}/scored.csv        every input row with anomaly_score, is_anomaly, p_value, "
@@ -71,7 +72,8 @@ def main() -> None:
         f"(run in {OUT})\n"
         f"  cd {OUT} && ../.venv/bin/mlflow ui\n"
         "                          runs with losses and plots (loss curve, calibration histogram,\n"
-        f"                          latent projection, ROC/PR), the registered model {NAME}"
+        f"                          latent projection, ROC/PR), the registered model {NAME}\n"
+        "                          (v2 = the retrained champion; its run has gate.txt)"
     )
 
 
@@ -80,8 +82,8 @@ def serve_and_stream(rows: pd.DataFrame) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    args = ["serve", "--model", f"models:/{NAME}@champion", "--port", str(port), "--log-level",
-            "warning"]  # fmt: skip
+    args = ["serve", "--model", f"models:/{NAME}@champion", "--port", str(port),
+            "--reload-interval", "2", "--log-level", "warning"]  # fmt: skip
     print(f"\n$ {shlex.join(['anomaly', *args])} &", flush=True)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
@@ -120,9 +122,27 @@ def serve_and_stream(rows: pd.DataFrame) -> None:
         metrics = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
                    if line.startswith(wanted)]  # fmt: skip
         print("GET /metrics ->\n  " + "\n  ".join(metrics))
+        retrain_while_serving(url)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def retrain_while_serving(url: str) -> None:
+    """Normal traffic doubled: the champion now flags much of it; a challenger learns it."""
+    drifted = make_service_metrics(20_000, seed=2)
+    for column in ("requests", "cpu", "bytes_out"):
+        drifted[column] *= 2.0
+    drifted.to_csv(OUT / "drifted.csv", index=False)
+    print(f"\ngenerated {OUT}/drifted.csv: 20,000 normal rows after traffic doubled")
+    run("retrain", "drifted.csv", "--name", NAME, "--epochs", "60")
+    run("models", "list", NAME)
+    for _ in range(60):
+        version = httpx.get(f"{url}/v1/model").json()["version"]
+        if version != "1":
+            break
+        time.sleep(0.5)
+    print(f"GET /v1/model -> the running service now serves {NAME} v{version}")
 
 
 if __name__ == "__main__":
