@@ -67,3 +67,19 @@ def test_state_round_trips_through_dict():
         assert again.threshold_ == cal.threshold_
         new = rng.standard_exponential(100)
         assert np.array_equal(again.p_values(new), cal.p_values(new))
+
+
+def test_score_drift_window_psi_and_ks():
+    from anomaly.drift import ScoreDrift
+
+    rng = np.random.default_rng(0)
+    drift = ScoreDrift(rng.normal(size=2000), window=1000, level=0.2, min_scores=100)
+    assert drift.snapshot()["psi"] is None
+    for _ in range(3):  # more than the window: only the newest 1,000 count
+        drift.update(rng.normal(size=700), np.zeros(700, bool))
+    same = drift.snapshot()
+    assert same["window"] == 1000 and same["psi"] < 0.05 and same["ks"] < 0.08
+    drift.update(rng.normal(loc=1.0, size=1000), np.ones(1000, bool))
+    moved = drift.snapshot()
+    assert moved["psi"] > 0.2 and moved["ks"] > 0.3 and moved["retrain_suggested"]
+    assert moved["flag_rate"] == 1.0

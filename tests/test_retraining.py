@@ -116,3 +116,51 @@ def test_scheduler_exit_codes(champion, tmp_path):
     args = ["--name", champion, "--data", str(tmp_path / "dirty.csv"), "--anomalies",
             str(tmp_path / "anomalies.csv"), "--epochs", "30"]  # fmt: skip
     assert retrain_pipeline.main(args) == 3
+
+
+def test_a_running_service_follows_the_promotion_without_failed_requests(champion, tmp_path):
+    import json
+    import os
+    import sys
+    import threading
+    import time
+
+    import httpx
+    from conftest import free_port, start, stop
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = start([sys.executable, "-m", "anomaly.cli", "serve", "--model",
+                    f"models:/{champion}@champion", "--port", str(port), "--reload-interval",
+                    "0.5", "--log-level", "warning"], tmp_path / "serve.log", env,
+                   f"{url}/readyz")  # fmt: skip
+    rows = make_service_metrics(3, seed=24).drop(columns=["label"])
+    body = {"records": json.loads(rows.to_json(orient="records"))}
+    seen: list[tuple[int, str | None]] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not done.is_set():
+                answer = client.post("/v1/score", json=body)
+                version = answer.json()["model"]["version"] if answer.status_code == 200 else None
+                seen.append((answer.status_code, version))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        result = retrain(champion, drifted(make_service_metrics(3000, seed=25)), epochs=30)
+        assert result.promoted, result.reasons
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not seen or seen[-1][1] != "2"):
+            time.sleep(0.2)
+    finally:
+        done.set()
+        sender.join()
+        stop(server)
+    assert {status for status, _ in seen} == {200}
+    versions = [version for _, version in seen]
+    assert versions[0] == "1" and versions[-1] == "2"
+    assert versions == sorted(versions)  # once switched, it stays switched

@@ -244,3 +244,31 @@ def test_hot_reload_follows_the_alias_without_failed_requests(fitted_ae, fitted_
         assert 'anomaly_model_reloads_total{result="error"}' in client.get("/metrics").text
         assert client.get("/v1/model").json()["version"] == "2"
         assert client.post("/v1/score", json=body).status_code == 200
+
+
+def test_drift_is_measured_and_suggests_retraining(model_dir, fitted_vae):
+    from anomaly.datasets import make_service_metrics
+
+    settings = Settings(model_uri=str(model_dir), drift_window=600, drift_level=0.2)
+    normal = make_service_metrics(600, seed=31).drop(columns=["label"])
+    moved = normal.assign(requests=normal["requests"] * 2.0, cpu=normal["cpu"] * 2.0)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/model").json()["drift"]["psi"] is None  # nothing scored yet
+        client.post("/v1/score", content=json.dumps({"records": records_of(normal)}),
+                    headers={"Content-Type": "application/json"})  # fmt: skip
+        drift = client.get("/v1/model").json()["drift"]
+        assert drift["window"] == 600 and drift["psi"] < 0.2
+        assert drift["retrain_suggested"] is False
+        assert drift["flag_rate"] < 0.05
+        client.post("/v1/score", content=json.dumps({"records": records_of(moved)}),
+                    headers={"Content-Type": "application/json"})  # fmt: skip
+        drift = client.get("/v1/model").json()["drift"]
+        assert drift["psi"] > 0.2 and drift["ks"] > 0.2 and drift["retrain_suggested"] is True
+        assert drift["flag_rate"] > 0.2
+        time.sleep(1.1)  # the gauges refresh at most once a second
+        client.post("/v1/score", content=json.dumps({"records": records_of(moved.head(5))}),
+                    headers={"Content-Type": "application/json"})  # fmt: skip
+        text = client.get("/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("anomaly_score_drift "))
+        assert float(line.split()[-1]) > 0.2
+        assert "anomaly_recent_flag_rate " in text

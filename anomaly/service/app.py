@@ -40,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        holder = ModelHolder(settings.model_uri, settings.device)
+        holder = ModelHolder(
+            settings.model_uri, settings.device, settings.drift_window, settings.drift_level
+        )
         await asyncio.to_thread(holder.load)
         batcher = Batcher(settings.batch_wait_ms / 1000, settings.batch_max_records)
         batcher.start()

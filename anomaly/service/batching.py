@@ -108,6 +108,9 @@ def _score(jobs: list[_Job]) -> list[dict]:
         }
     result = detector.score_columns(columns)
     metrics.observe_scores(result["anomaly_score"], result["is_anomaly"])
+    drift = jobs[0].served.drift
+    drift.update(result["anomaly_score"], result["is_anomaly"])
+    metrics.publish_drift(drift)
     out, start = [], 0
     for job in jobs:
         end = start + job.rows

@@ -9,6 +9,7 @@ answers it.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 from prometheus_client import (
@@ -47,6 +48,16 @@ MODEL_INFO = Gauge(
     ["name", "version"],
     multiprocess_mode="mostrecent",
 )
+SCORE_DRIFT = Gauge(
+    "anomaly_score_drift",
+    "PSI of recent scores against the calibration scores (above ~0.2: retrain)",
+    multiprocess_mode="mostrecent",
+)
+RECENT_FLAG_RATE = Gauge(
+    "anomaly_recent_flag_rate",
+    "Share of the recent scored records that were flagged",
+    multiprocess_mode="mostrecent",
+)
 MODEL_RELOADS = Counter(
     "anomaly_model_reloads", "Model loads after start-up, by result", ["result"]
 )
@@ -65,6 +76,24 @@ def observe_scores(scores: np.ndarray, flagged: np.ndarray) -> None:
         if count:
             bucket.inc(int(count))
     SCORE._sum.inc(float(finite.sum()))
+
+
+_DRIFT_EVERY_S = 1.0
+_drift_published = 0.0
+
+
+def publish_drift(drift) -> None:
+    """Refresh the drift gauges, at most once a second (a snapshot sorts the window)."""
+    global _drift_published
+    now = time.monotonic()
+    if now - _drift_published < _DRIFT_EVERY_S:
+        return
+    _drift_published = now
+    snapshot = drift.snapshot()
+    if snapshot["psi"] is not None:
+        SCORE_DRIFT.set(snapshot["psi"])
+    if snapshot["flag_rate"] is not None:
+        RECENT_FLAG_RATE.set(snapshot["flag_rate"])
 
 
 def show_model(name: str | None, version: str | None, threshold: float, before=None) -> None:

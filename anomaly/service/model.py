@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from anomaly import registry
 from anomaly.detector import Detector
+from anomaly.drift import ScoreDrift
 from anomaly.service import metrics
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ class ServedModel:
     detector: Detector
     ref: registry.ModelRef
     loaded_at: str
+    drift: ScoreDrift  # this version's recent scores against its calibration scores
 
     @property
     def alias(self) -> str | None:
@@ -39,15 +41,22 @@ class ModelHolder:
     the next one gets the new model, and none fails because of the swap.
     """
 
-    def __init__(self, uri: str, device: str = "cpu"):
+    def __init__(
+        self, uri: str, device: str = "cpu", drift_window: int = 5000, drift_level: float = 0.2
+    ):
         self.uri, self.device = uri, device
+        self.drift_window, self.drift_level = drift_window, drift_level
         self.current: ServedModel | None = None
 
     def load(self) -> ServedModel:
         """Load the model the URI names now, make it current, and return it."""
         ref = registry.resolve(self.uri)
         detector = Detector.load(ref.path, device=self.device)
-        served = ServedModel(detector, ref, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        drift = ScoreDrift(
+            detector.calibrator_.scores_, window=self.drift_window, level=self.drift_level
+        )
+        loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        served = ServedModel(detector, ref, loaded_at, drift)
         before = None if self.current is None else (self.current.ref.name, self.current.ref.version)
         self.current = served
         metrics.show_model(ref.name, ref.version, float(detector.threshold_), before)

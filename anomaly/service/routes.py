@@ -236,6 +236,7 @@ async def model_info(served: Model) -> dict:
         "trained_at": detector.training_summary_["trained_at"],
         "loaded_at": served.loaded_at,
         "schema": detector.schema_.to_dict(),
+        "drift": served.drift.snapshot(),
     }
 
 

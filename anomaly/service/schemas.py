@@ -35,6 +35,14 @@ class ScoreResponse(BaseModel):
     results: list[ScoreResult] = Field(description="One per input record, in input order")
 
 
+class Drift(BaseModel):
+    window: int = Field(description="Recent scores compared")
+    psi: float | None = Field(description="Population stability index against calibration")
+    ks: float | None = Field(description="Kolmogorov-Smirnov statistic against calibration")
+    flag_rate: float | None = Field(description="Share of recent records flagged")
+    retrain_suggested: bool = Field(description="psi above ANOMALY_DRIFT_LEVEL")
+
+
 class ModelInfo(BaseModel):
     name: str | None
     version: str | None
@@ -48,6 +56,7 @@ class ModelInfo(BaseModel):
     trained_at: str
     loaded_at: str
     schema_: dict = Field(alias="schema", description="Columns, kinds and categories")
+    drift: Drift
 
 
 class ErrorItem(BaseModel):

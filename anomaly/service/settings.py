@@ -28,5 +28,9 @@ class Settings(BaseSettings):
         512, gt=0, description="Most NDJSON lines scored together on /v1/score/stream"
     )
     max_line_bytes: int = Field(1 << 20, gt=0, description="Longest NDJSON line on the stream")
+    drift_window: int = Field(5000, gt=0, description="Recent scores compared for drift")
+    drift_level: float = Field(
+        0.2, gt=0, description="PSI above which /v1/model suggests retraining"
+    )
     device: str = Field("cpu", description="Torch device for scoring")
     torch_threads: int | None = Field(None, gt=0, description="Torch threads per worker")
