@@ -481,6 +481,59 @@ def promote(name: str, version: str | int, alias: str = CHAMPION) -> str | None:
     return old
 
 
+def promote_if_champion(
+    name: str, version: str | int, expected: str, *, wait_s: float = 30.0, lease_s: float = 600.0
+) -> tuple[bool, str | None]:
+    """Make ``version`` champion only if ``expected`` still is; returns (promoted, champion seen).
+
+    Two retrains gated against the same champion must not both promote: under a lock, the
+    champion is read again and moved only when it is still the one the gate compared with. The
+    lock is a registered model named ``NAME--promotion-lock``: creating a registered model is
+    atomic in every MLflow store, so exactly one creator wins. A lock older than ``lease_s``
+    (its holder died) is broken.
+    """
+    client = _client()
+    with _promotion_lock(client, name, wait_s, lease_s):
+        with _mlflow_errors(f"no registered model named {name!r}"):
+            current = client.get_registered_model(name).aliases.get(CHAMPION)
+        current = None if current is None else str(current)
+        if current != str(expected):
+            return False, current
+        promote(name, version)
+        return True, current
+
+
+@contextlib.contextmanager
+def _promotion_lock(client, name: str, wait_s: float, lease_s: float) -> Iterator[None]:
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}--promotion-lock"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, description=f"held while {name} is promoted")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise RegistryError(f"cannot lock {name!r} for promotion: {exc.message}") from None
+        with contextlib.suppress(MlflowException):
+            held_ms = time.time() * 1000 - client.get_registered_model(lock).creation_timestamp
+            if held_ms > lease_s * 1000:
+                log.warning("breaking a promotion lock of %s held for %.0f s", name, held_ms / 1e3)
+                client.delete_registered_model(lock)
+                continue
+        if time.monotonic() > deadline:
+            raise RegistryError(f"another promotion of {name!r} holds its lock ({lock})")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            client.delete_registered_model(lock)
+
+
 def rollback(name: str) -> tuple[str, str]:
     """Give ``champion`` back to ``previous``; returns (demoted version, new champion)."""
     client = _client()

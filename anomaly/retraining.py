@@ -174,9 +174,14 @@ def retrain(
 
     figures = _gate_figures(champion, challenger, held_out, anomalies)
     failures, passes = _apply(rules, figures, challenger.target_fpr, anomalies is not None)
+    if not failures:
+        promoted, now = registry.promote_if_champion(name, logged.version, champion_ref.version)
+        if not promoted:
+            failures.append(
+                f"failed: the champion changed during this retrain (v{champion_ref.version} -> "
+                f"v{now}); the gate compared against v{champion_ref.version}: retrain again"
+            )
     promoted = not failures
-    if promoted:
-        registry.promote(name, logged.version)
     reasons = failures + passes
     if anomalies is None:
         reasons.append("no labelled anomalies given: detection quality was not compared")

@@ -164,3 +164,18 @@ def test_a_running_service_follows_the_promotion_without_failed_requests(champio
     versions = [version for _, version in seen]
     assert versions[0] == "1" and versions[-1] == "2"
     assert versions == sorted(versions)  # once switched, it stays switched
+
+
+def test_racing_promotions_leave_one_winner(fitted_ae):
+    """Two challengers gated against the same champion: exactly one may promote."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        registry.log_detector(fitted_ae, register=name)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda v: registry.promote_if_champion(name, v, "1"), [2, 3]))
+    assert sorted(promoted for promoted, _ in outcomes) == [False, True]
+    winner = "2" if outcomes[0][0] else "3"
+    assert aliases(name) == {"champion": winner, "previous": "1"}
+    assert name + "--promotion-lock" not in {m["name"] for m in registry.list_models()}
