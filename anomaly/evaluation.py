@@ -17,11 +17,12 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from anomaly.data.tabular import FALSE_WORDS, TRUE_WORDS
 from anomaly.detector import Detector
 from anomaly.errors import InputError
 
-_TRUE = {"1", "true", "yes", "anomaly", "t", "y"}
-_FALSE = {"0", "false", "no", "normal", "f", "n"}
+_TRUE = TRUE_WORDS | {"anomaly"}
+_FALSE = FALSE_WORDS | {"normal"}
 
 
 @dataclass
@@ -42,7 +43,6 @@ def parse_labels(series: pd.Series, column: str) -> np.ndarray:
         if not series.isna().any():
             return values.astype(bool)
     text = series.astype(str).str.strip().str.lower()
-    text = text.str.removesuffix(".0")  # 1.0 / 0.0 from a float column
     is_true, is_false = text.isin(_TRUE).to_numpy(), text.isin(_FALSE).to_numpy()
     bad = ~(is_true | is_false)
     if bad.any():

@@ -29,8 +29,16 @@ class DetectorModel:
 
 def with_scores(detector: Detector, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` (minus any old result columns) with the detector's result columns appended."""
-    kept = frame.drop(columns=[c for c in RESULT_COLUMNS if c in frame.columns])
-    return pd.concat([kept, detector.score(frame)], axis=1)
+    return with_results(frame, detector.score_columns(detector.schema_.coerce(frame)))
+
+
+def with_results(frame: pd.DataFrame, result: dict) -> pd.DataFrame:
+    """``frame`` (minus any old result columns) followed by ``result`` from ``score_columns``."""
+    out = frame.drop(columns=[c for c in RESULT_COLUMNS if c in frame.columns])
+    for name in RESULT_COLUMNS:
+        values = result[name]
+        out[name] = values.to_numpy(zero_copy_only=False) if name == "top_features" else values
+    return out
 
 
 def _load_pyfunc(data_path: str) -> DetectorModel:

@@ -56,11 +56,13 @@ NA_VALUES = (
     "nan",
     "null",
 )
-_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
-_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+# Spellings of a boolean value (lower-cased, stripped); label columns reuse them.
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0"})
 _NA_ARROW = pa.array(NA_VALUES, pa.string())
-_TRUE_SORTED = sorted(_TRUE)
-_BOOL_ARROW = pa.array(_TRUE_SORTED + sorted(_FALSE), pa.string())  # index < len(_TRUE): true
+_TRUE_SORTED = sorted(TRUE_WORDS)
+# An index below len(TRUE_WORDS) spells true.
+_BOOL_ARROW = pa.array(_TRUE_SORTED + sorted(FALSE_WORDS), pa.string())
 
 
 @dataclass(frozen=True)
@@ -300,7 +302,7 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     if pd.api.types.is_numeric_dtype(dtype):
         return Column(name, NUMERIC)
     text = series.dropna().astype(str).str.strip().str.lower()
-    if len(text) and text.isin(_TRUE | _FALSE).all() and text.nunique() <= 2:
+    if len(text) and text.isin(TRUE_WORDS | FALSE_WORDS).all() and text.nunique() <= 2:
         return Column(name, BOOLEAN)
     counts = series.dropna().astype(str).value_counts(sort=False)
     # Most frequent first; ties broken by name so the order never depends on row order.
@@ -377,8 +379,8 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
     else:
         lowered = series.astype(str).str.strip().str.lower()
         values = np.full(len(series), np.nan)
-        values[lowered.isin(_TRUE).to_numpy()] = 1.0
-        values[lowered.isin(_FALSE).to_numpy()] = 0.0
+        values[lowered.isin(TRUE_WORDS).to_numpy()] = 1.0
+        values[lowered.isin(FALSE_WORDS).to_numpy()] = 0.0
         bad = np.isnan(values) & series.notna().to_numpy()
     if bad.any():
         i = _first_bad(bad)

@@ -48,9 +48,9 @@ class ModelHolder:
         self.drift_window, self.drift_level = drift_window, drift_level
         self.current: ServedModel | None = None
 
-    def load(self) -> ServedModel:
-        """Load the model the URI names now, make it current, and return it."""
-        ref = registry.resolve(self.uri)
+    def load(self, ref: registry.ModelRef | None = None) -> ServedModel:
+        """Load the model the URI names now (or ``ref``, already resolved), make it current."""
+        ref = ref or registry.resolve(self.uri)
         detector = Detector.load(ref.path, device=self.device)
         drift = ScoreDrift(
             detector.calibrator_.scores_, window=self.drift_window, level=self.drift_level
@@ -82,5 +82,5 @@ class ModelHolder:
         ref = registry.resolve(self.uri)  # a registry lookup; downloads only a new version
         if self.current is not None and ref.version == self.current.ref.version:
             return
-        self.load()
+        self.load(ref)
         metrics.MODEL_RELOADS.labels(result="success").inc()

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from anomaly.detector import RESULT_COLUMNS
 from anomaly.errors import InputError
+from anomaly.pyfunc import with_results
 from anomaly.service import metrics
 from anomaly.service.inputs import parse_invocations, parse_line, records_to_columns
 from anomaly.service.model import ServedModel
@@ -41,6 +41,12 @@ class DuplexStreamingResponse(StreamingResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         await self.stream_response(send)
+
+
+def _raw_body(media_types: dict[str, str]) -> dict:
+    """OpenAPI for a body the route reads itself: media type -> JSON schema type."""
+    content = {media: {"schema": {"type": kind}} for media, kind in media_types.items()}
+    return {"requestBody": {"content": content, "required": True}}
 
 
 def current_model(request: Request) -> ServedModel:
@@ -96,15 +102,7 @@ async def score(body: ScoreRequest, request: Request, served: Model) -> Response
     responses=_ERRORS,
     dependencies=[Depends(require_token)],
     summary="MLflow's scoring protocol",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "text/csv": {"schema": {"type": "string"}},
-            },
-            "required": True,
-        }
-    },
+    openapi_extra=_raw_body({"application/json": "object", "text/csv": "string"}),
 )
 async def invocations(request: Request, served: Model) -> Response:
     """``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs`` JSON, or CSV, as
@@ -114,10 +112,7 @@ async def invocations(request: Request, served: Model) -> Response:
     _check_count(request, len(frame))
     columns = served.detector.schema_.coerce(frame)
     result = await request.app.state.batcher.score(served, columns, len(frame))
-    out = frame.drop(columns=[c for c in RESULT_COLUMNS if c in frame.columns])
-    for name in RESULT_COLUMNS:
-        values = result[name]
-        out[name] = values.to_numpy(zero_copy_only=False) if name == "top_features" else values
+    out = with_results(frame, result)
     predictions = out.astype(object).where(out.notna(), None).to_dict(orient="records")
     return Response(
         orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -130,12 +125,7 @@ async def invocations(request: Request, served: Model) -> Response:
     responses=_ERRORS,
     dependencies=[Depends(require_token)],
     summary="Score an NDJSON stream",
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-            "required": True,
-        }
-    },
+    openapi_extra=_raw_body({"application/x-ndjson": "string"}),
 )
 async def score_stream(request: Request) -> DuplexStreamingResponse:
     """A record per line in, a result per line out (``{"line": i, ...}``, or ``{"line": i,
