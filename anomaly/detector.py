@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,18 @@ log = logging.getLogger(__name__)
 
 MODELS = ("ae", "vae", "linear")
 RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value", "top_features")
-# Rows are scored in blocks padded to a multiple of this: CPU matrix kernels give a row
-# bit-identical results only when the block height is a multiple of 8, and a row's score must
-# not depend on the rows scored beside it.
-_ROW_ALIGN = 16
-_SCORE_CHUNK = 65536
 _MIN_TRAIN_ROWS = 10
+
+
+def scoring_blocks(device: torch.device) -> tuple[int, int]:
+    """(block rows, alignment): rows are scored in blocks of at most ``block rows``, each padded
+    to a multiple of ``alignment``, because a row's score must not depend on the rows scored
+    beside it. CPU matrix kernels give a row bit-identical results whenever the block height is
+    a multiple of 8. GPU libraries pick kernels by height, so there every block is padded to
+    one full height; a large one, since a GPU's cost per block is mostly kernel launches."""
+    if device.type == "cuda":
+        return 262_144, 262_144
+    return 65_536, 16
 
 
 class Detector:
@@ -287,7 +294,9 @@ class Detector:
             seed=self.seed,
             progress=self.progress,
         )
+        started = time.perf_counter()
         history = train(module, x_train, x_val, config, device)
+        train_seconds = time.perf_counter() - started
 
         self.schema_, self.preprocessor_, self.module_ = schema, preprocessor, module
         self.architecture_, self.history_, self.device_ = arch, history, device
@@ -305,6 +314,7 @@ class Detector:
             "n_validation": len(val_idx),
             "n_calibration": len(cal_scores),
             "epochs_run": len(history["train_loss"]),
+            "train_seconds": round(train_seconds, 3),
             "device": str(device),
         }
         return self
@@ -411,13 +421,15 @@ class Detector:
         n = len(x)
         scores = np.empty(n, dtype=np.float32)
         contributions = np.empty((n, n_columns), dtype=np.float32)
-        for start in range(0, n, _SCORE_CHUNK):
-            block = x[start : start + _SCORE_CHUNK]
+        block_rows, align = scoring_blocks(self.device_)
+        for start in range(0, n, block_rows):
+            block = x[start : start + block_rows]
             rows = len(block)
-            padded = -rows % _ROW_ALIGN
-            if padded:
-                block = np.concatenate([block, np.zeros((padded, block.shape[1]), block.dtype)])
-            s, parts = score_batch(module, torch.from_numpy(block).to(self.device_), method)
+            block = torch.from_numpy(block).to(self.device_)
+            padded = -rows % align
+            if padded:  # padded where the block is, so a GPU is not sent a block of zeros
+                block = torch.cat([block, block.new_zeros(padded, block.shape[1])])
+            s, parts = score_batch(module, block, method)
             scores[start : start + rows] = s[:rows].cpu().numpy()
             contributions[start : start + rows] = (parts[:rows] @ to_columns).cpu().numpy()
         return scores, contributions

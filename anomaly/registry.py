@@ -222,6 +222,8 @@ def log_detector(
                 "calibration_score_median": float(np.median(calibrator.scores_)),
                 "epochs_run": detector.training_summary_["epochs_run"],
             }
+            # models saved before training was timed have no train_seconds
+            | {k: v for k, v in detector.training_summary_.items() if k == "train_seconds"}
         )
         mlflow.log_dict(detector.schema_.to_dict(), "schema.json")
         figures = {

@@ -2,6 +2,11 @@
 
 Kept as one function on purpose: no trainer class, no callbacks. What it needs to know comes in
 a :class:`TrainConfig`; what it learned goes out as the model's best weights and a loss history.
+
+On a GPU, a training step of these small models is a few dozen tiny kernels, and launching them
+from Python costs more than running them. So there, after a few eager warm-up steps, the whole
+step (gather the batch, forward, backward, AdamW) is captured once as a CUDA graph and replayed:
+two launches a step instead of ~50, the same arithmetic.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,6 +37,7 @@ class TrainConfig:
     beta: float = 1.0  # weight of the KL term of a VAE's ELBO
     seed: int = 0
     progress: bool = True
+    cuda_graph: bool = True  # replay the step as a CUDA graph on a GPU (off: eager, to compare)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,13 +85,22 @@ def train(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model.to(device)
     train_x, val_x = to_device(x_train, device), to_device(x_val, device)
-    # fused: one kernel for the whole update, ~1.5x the steps/s of the default on small models
+    graphed = config.cuda_graph and train_x.is_cuda  # not when the data stays in host memory
+    # fused: one kernel for the whole update, ~1.5x the steps/s of the default on small models;
+    # capturable: its step counter lives on the GPU, as a CUDA graph needs
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        fused=True,
+        capturable=graphed,
     )
 
     n = len(train_x)
     batch_size = min(config.batch_size or auto_batch_size(n), n)
+    step = _training_step(model, optimizer, train_x, config, device)
+    if graphed:
+        step = _graphed(step, batch_size, device)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
@@ -92,19 +108,11 @@ def train(
         model.train()
         order = torch.randperm(n, device=device, generator=generator)
         total = torch.zeros((), device=device)
-        # Drop the last partial batch: a tiny final batch makes for noisy steps.
+        # Drop the last partial batch: a tiny final batch makes for noisy steps, and every
+        # step having one shape is what lets a CUDA graph replay it.
         n_batches = max(1, n // batch_size)
         for i in range(n_batches):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            target = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
-            x_in = target
-            if config.denoise > 0:
-                x_in = target + config.denoise * torch.randn_like(target)
-            loss = training_loss(model, x_in, target, config.beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
+            total += step(order[i * batch_size : (i + 1) * batch_size])
         train_loss = total.item() / n_batches  # one device sync per epoch
         val_loss = evaluate_loss(model, val_x, config.beta, device)
         history["train_loss"].append(train_loss)
@@ -125,6 +133,69 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_x: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+) -> Step:
+    """One optimisation step on the rows ``idx`` of ``train_x``; returns the batch's loss."""
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        target = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
+        x_in = target
+        if config.denoise > 0:
+            x_in = target + config.denoise * torch.randn_like(target)
+        loss = training_loss(model, x_in, target, config.beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _graphed(step: Step, batch_size: int, device: torch.device, warm_up: int = 3) -> Step:
+    """``step`` captured as a CUDA graph after ``warm_up`` eager steps (PyTorch's recipe for
+    whole-network capture: warm up on a side stream, capture with gradients unset, replay).
+
+    The warm-up steps are real steps on real batches, so training is the same whichever way
+    it runs. Random numbers (dropout, denoising, the VAE's sample) come from the default CUDA
+    generator, which graphs advance on every replay.
+    """
+    static_idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+    graph: torch.cuda.CUDAGraph | None = None
+    static_loss = torch.zeros((), device=device)
+    eager_steps = 0
+    side = torch.cuda.Stream(device)
+
+    def graphed_step(idx: torch.Tensor) -> torch.Tensor:
+        nonlocal graph, static_loss, eager_steps
+        static_idx.copy_(idx)
+        if graph is not None:
+            graph.replay()
+            return static_loss.clone()
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            if eager_steps < warm_up:
+                static_loss = step(static_idx)
+            else:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=side):
+                    static_loss = step(static_idx)
+        torch.cuda.current_stream(device).wait_stream(side)
+        eager_steps += 1
+        if graph is not None:  # capture records the step without running it
+            graph.replay()
+        return static_loss.clone()
+
+    return graphed_step
 
 
 @torch.no_grad()

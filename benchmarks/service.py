@@ -124,8 +124,10 @@ def main() -> None:
         files[key].write_text(json.dumps(body))
     print(cpu_summary())
     print(f"model: default VAE, {model}; wrk -t1, {args.duration} s per run\n")
-    print("| server | workers | 1-record req/s (16 conn) | p50 / p99 ms at saturation "
-          "| p50 / p99 ms at ~100 req/s | 1,000-record requests: records/s |")
+    print(
+        "| server | workers | 1-record req/s (16 conn) | p50 / p99 ms at saturation "
+        "| p50 / p99 ms at ~100 req/s | 1,000-record requests: records/s |"
+    )
     print("|---|---|---|---|---|---|")
     port = args.port
     for workers in args.workers:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# GPU checks and figures in one go, for a machine with a CUDA GPU and PyTorch on it:
+#   bash benchmarks/gpu.sh DATA_DIR OUT_DIR
+# DATA_DIR holds ADBench's npz files (../shared/data/adbench here); results land in OUT_DIR.
+set -uo pipefail
+data=${1:?DATA_DIR}
+out=${2:?OUT_DIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, pandas, numpy; print('torch', torch.__version__, 'pandas', pandas.__version__, 'numpy', numpy.__version__)" | tee -a "$out/gpu.txt"
+# GPU-only tests (CI skips them): CUDA-graph training, GPU-trained models on CPU, row independence
+timeout 150 python3 -m pytest --noconftest -p no:cacheprovider -q -rA -s tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt" | tail -25
+# Issue 2's GPU figures: cover tiled to 1M rows, ours and PyOD's AutoEncoder side by side
+timeout 200 python3 -m benchmarks.throughput --data "$data" --device cuda --rows 1000000 \
+    --peer-rows 5000 2>&1 | tee "$out/throughput.md"
