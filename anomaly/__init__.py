@@ -9,13 +9,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from anomaly.detector import Detector
 from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
+from anomaly.persistence import load_detector_dir as load
+from anomaly.sequence import SequenceDetector
 
 try:
     __version__ = version("anomaly")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
-
-load = Detector.load
 
 __all__ = [
     "AnomalyError",
@@ -23,6 +23,7 @@ __all__ = [
     "InputError",
     "ModelFormatError",
     "NotFittedError",
+    "SequenceDetector",
     "__version__",
     "load",
 ]

@@ -40,6 +40,16 @@ class ScoreKind(StrEnum):
     iwae = "iwae"
 
 
+class Modality(StrEnum):
+    table = "table"
+    sequence = "sequence"
+
+
+class SequenceArch(StrEnum):
+    conv = "conv"
+    gru = "gru"
+
+
 class ThresholdKind(StrEnum):
     quantile = "quantile"
     evt = "evt"
@@ -84,6 +94,9 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Model directory to write.")
     ] = None,
+    modality: Annotated[
+        Modality, typer.Option(help="table: independent rows; sequence: time series windows.")
+    ] = Modality.table,
     register: Annotated[
         str | None,
         typer.Option(help="Log an MLflow run and register the model under this name."),
@@ -122,10 +135,24 @@ def train(
     calibration_fraction: Annotated[float, typer.Option(help="Rows held out to calibrate.")] = 0.2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    timestamp_col: Annotated[
+        str, typer.Option(help="Sequences: the time column (dates or numbers).")
+    ] = "timestamp",
+    series_col: Annotated[
+        str | None, typer.Option(help="Sequences: the series-id column, for many series.")
+    ] = None,
+    value_col: Annotated[
+        list[str] | None,
+        typer.Option(help="Sequences: a value column (repeatable; default: the numeric ones)."),
+    ] = None,
+    window: Annotated[int, typer.Option(help="Sequences: points per window.")] = 32,
+    stride: Annotated[int, typer.Option(help="Sequences: step between training windows.")] = 1,
+    arch: Annotated[
+        SequenceArch, typer.Option(help="Sequences: 1-D convolutions or a GRU.")
+    ] = SequenceArch.conv,
 ) -> None:
-    """Train a detector on normal rows, calibrate its threshold; save it and/or register it."""
+    """Train a detector on normal data, calibrate its threshold; save it and/or register it."""
     from anomaly.data import read_csv
-    from anomaly.detector import Detector
 
     if out is None and register is None:
         raise AnomalyError("say where the model goes: --out DIR, --register NAME, or both")
@@ -140,7 +167,7 @@ def train(
         is_anomaly = parse_labels(frame[label_col], label_col)
         exclude.append(label_col)
     normal = frame if is_anomaly is None else frame[~is_anomaly]
-    detector = Detector(
+    common = dict(
         model=model.value,
         exclude=exclude,
         target_fpr=target_fpr,
@@ -148,7 +175,6 @@ def train(
         score=score.value if score else None,
         epochs=epochs,
         batch_size=batch_size,
-        hidden=_parse_hidden(hidden),
         latent=latent,
         dropout=dropout,
         denoise=denoise,
@@ -157,12 +183,32 @@ def train(
         device=device,
         seed=seed,
         progress=True,
-    ).fit(normal)
+    )
+    if modality is Modality.sequence:
+        from anomaly.sequence import SequenceDetector
+
+        if model is ModelKind.linear:
+            raise AnomalyError("sequence models are ae or vae, not linear")
+        detector = SequenceDetector(
+            **common,
+            timestamp_col=timestamp_col,
+            series_col=series_col,
+            value_cols=value_col or None,
+            arch=arch.value,
+            window=window,
+            stride=stride,
+        )
+    else:
+        from anomaly.detector import Detector
+
+        detector = Detector(**common, hidden=_parse_hidden(hidden))
+    detector.fit(normal)
     summary = detector.training_summary_
+    unit = "windows" if modality is Modality.sequence else "rows"
     typer.echo(
-        f"trained {model.value} on {summary['n_train']} rows ({summary['epochs_run']} epochs, "
+        f"trained {model.value} on {summary['n_train']} {unit} ({summary['epochs_run']} epochs, "
         f"{summary['device']}); threshold {detector.threshold_:.6g} at target FPR {target_fpr} "
-        f"from {summary['n_calibration']} calibration rows"
+        f"from {summary['n_calibration']} calibration {unit}"
     )
     if out is not None:
         detector.save(out)
@@ -272,10 +318,17 @@ def serve(
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # metrics summed over workers
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-metrics-")
     from anomaly import registry
+    from anomaly.persistence import read_kind
     from anomaly.service.settings import Settings
 
-    Settings()  # bad settings fail here, once, not in every worker
-    registry.resolve(model)  # so does a bad URI; the download lands in the cache workers use
+    settings = Settings()  # bad settings fail here, once, not in every worker
+    ref = registry.resolve(model)  # so does a bad URI; the download lands in the cache
+    if workers > 1 and not settings.stream_redis_url and read_kind(ref.path) == "sequence":
+        raise AnomalyError(
+            "a sequence model keeps each stream's recent points in its process: serve it with "
+            "one worker (and route replicas by stream id), or share buffers in Redis with "
+            "ANOMALY_STREAM_REDIS_URL"
+        )
     uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level)  # fmt: skip
 

@@ -63,3 +63,40 @@ def make_service_metrics(
     if missing > 0:
         frame.loc[rng.random(n) < missing, "latency_ms"] = np.nan
     return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def make_metric_series(
+    n_points: int = 1200,
+    n_series: int = 2,
+    *,
+    anomalies: tuple[int, ...] = (),
+    seed: int = 0,
+    shuffle: bool = True,
+) -> pd.DataFrame:
+    """Per-minute readings of ``n_series`` hosts: a noisy daily-like cycle (period 40 points).
+
+    ``anomalies`` are positions where every series gets a 10-point level shift (+2), labelled.
+    Columns: ``timestamp`` (datetime), ``host`` (the series id), ``value``, ``label`` (0/1).
+    Rows are shuffled unless ``shuffle`` is false: a detector must put series in time order.
+    """
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(n_series):
+        t = np.arange(n_points)
+        value = np.sin(2 * np.pi * t / 40 + s) + 0.05 * rng.normal(size=n_points)
+        label = np.zeros(n_points, dtype=int)
+        for start in anomalies:
+            value[start : start + 10] += 2.0
+            label[start : start + 10] = 1
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(t, "min"),
+                    "host": f"h{s}",
+                    "value": value,
+                    "label": label,
+                }
+            )
+        )
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.sample(frac=1, random_state=seed) if shuffle else frame

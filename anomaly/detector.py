@@ -22,7 +22,7 @@ from anomaly.errors import InputError, NotFittedError
 from anomaly.models import DenseAE, DenseVAE
 from anomaly.persistence import load_model_dir, save_model_dir
 from anomaly.preprocessing import TabularPreprocessor
-from anomaly.scoring import SCORE_METHODS, score_batch
+from anomaly.scoring import SCORE_METHODS, score_array
 from anomaly.training import TrainConfig, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 MODELS = ("ae", "vae", "linear")
 RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value", "top_features")
 _MIN_TRAIN_ROWS = 10
-
-
-def scoring_blocks(device: torch.device) -> tuple[int, int]:
-    """(block rows, alignment): rows are scored in blocks of at most ``block rows``, each padded
-    to a multiple of ``alignment``, because a row's score must not depend on the rows scored
-    beside it. CPU matrix kernels give a row bit-identical results whenever the block height is
-    a multiple of 8. GPU libraries pick kernels by height, so there every block is padded to
-    one full height; a large one, since a GPU's cost per block is mostly kernel launches."""
-    if device.type == "cuda":
-        return 262_144, 262_144
-    return 65_536, 16
 
 
 class Detector:
@@ -99,6 +88,8 @@ class Detector:
     >>> det.score(new_df)  # doctest: +SKIP
        anomaly_score  is_anomaly  p_value  top_features
     """
+
+    kind = "tabular"
 
     def __init__(
         self,
@@ -412,26 +403,18 @@ class Detector:
         changed = self._score_matrix(variants.reshape(-1, x.shape[1]))[0].reshape(n_columns, -1)
         return (scores[None] - changed).T.astype(np.float32)
 
-    @torch.no_grad()
     def _score_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores (n,) and per-column contributions (n, n_columns) of a model-input matrix."""
-        module, method = self.module_, self._score_method()  # in eval mode since fit / load
-        n_columns = len(self.schema_.columns)
         to_columns = self._feature_to_column()
-        n = len(x)
-        scores = np.empty(n, dtype=np.float32)
-        contributions = np.empty((n, n_columns), dtype=np.float32)
-        block_rows, align = scoring_blocks(self.device_)
-        for start in range(0, n, block_rows):
-            block = x[start : start + block_rows]
-            rows = len(block)
-            block = torch.from_numpy(block).to(self.device_)
-            padded = -rows % align
-            if padded:  # padded where the block is, so a GPU is not sent a block of zeros
-                block = torch.cat([block, block.new_zeros(padded, block.shape[1])])
-            s, parts = score_batch(module, block, method)
-            scores[start : start + rows] = s[:rows].cpu().numpy()
-            contributions[start : start + rows] = (parts[:rows] @ to_columns).cpu().numpy()
+        scores, contributions = score_array(
+            self.module_,  # in eval mode since fit / load
+            x,
+            self._score_method(),
+            self.device_,
+            reduce_parts=lambda parts: parts @ to_columns,
+        )
+        if len(x) == 0:
+            contributions = np.empty((0, len(self.schema_.columns)), dtype=np.float32)
         return scores, contributions
 
     def _feature_to_column(self) -> torch.Tensor:

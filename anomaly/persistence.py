@@ -75,3 +75,30 @@ def load_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{path} has model format {version!r}; this version of anomaly reads {FORMAT_VERSION}"
         )
     return meta, load_file(weights_path, device="cpu")
+
+
+# Which class reads each kind of model directory, by the "kind" its JSON records.
+KINDS = {
+    "tabular": ("anomaly.detector", "Detector"),
+    "sequence": ("anomaly.sequence", "SequenceDetector"),
+    "image": ("anomaly.image", "ImageDetector"),
+}
+
+
+def load_detector_dir(path: str | Path, *, device: str = "cpu"):
+    """Any saved detector (table, sequence or image), read by the class its kind names."""
+    import importlib
+
+    kind = read_kind(path)
+    if kind not in KINDS:
+        raise ModelFormatError(f"{path} holds a {kind!r} model, which this version cannot read")
+    module, name = KINDS[kind]
+    return getattr(importlib.import_module(module), name).load(path, device=device)
+
+
+def read_kind(path: str | Path) -> str:
+    """The kind of model a directory holds ("tabular" for one that does not say)."""
+    try:
+        return json.loads((Path(path) / META_FILE).read_text()).get("kind", "tabular")
+    except (OSError, json.JSONDecodeError):
+        return "tabular"  # the class's own load() says what is wrong with the directory

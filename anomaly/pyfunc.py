@@ -2,7 +2,8 @@
 
 An MLflow model of a detector is its model directory (safetensors + JSON) under ``data/`` and
 ``loader_module: anomaly.pyfunc`` in the MLmodel file. MLflow imports this module from the
-installed package and calls :func:`_load_pyfunc`; ``predict`` is :meth:`Detector.score`.
+installed package and calls :func:`_load_pyfunc`; ``predict`` is the detector's ``score``: for
+a table and a sequence model, the input rows with the result columns appended.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from anomaly.detector import RESULT_COLUMNS, Detector, _as_frame
+from anomaly.persistence import load_detector_dir
 
 DATA_DIR = "detector"  # the model directory's name under the MLflow model's data/
 
@@ -27,23 +29,30 @@ class DetectorModel:
         return with_scores(self.detector, _as_frame(model_input))
 
 
-def with_scores(detector: Detector, frame: pd.DataFrame) -> pd.DataFrame:
+def with_scores(detector, frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` (minus any old result columns) with the detector's result columns appended."""
+    if detector.kind == "sequence":
+        return with_results(frame, detector.score(frame))
     return with_results(frame, detector.score_columns(detector.schema_.coerce(frame)))
 
 
-def with_results(frame: pd.DataFrame, result: dict) -> pd.DataFrame:
-    """``frame`` (minus any old result columns) followed by ``result`` from ``score_columns``."""
+def with_results(frame: pd.DataFrame, result) -> pd.DataFrame:
+    """``frame`` (minus any old result columns) followed by the result columns of ``result``
+    (from ``score_columns``, or a detector's ``score``)."""
     out = frame.drop(columns=[c for c in RESULT_COLUMNS if c in frame.columns])
     for name in RESULT_COLUMNS:
+        if name not in result:
+            continue
         values = result[name]
+        if isinstance(values, pd.Series):
+            values = values.to_numpy()
         out[name] = values.to_numpy(zero_copy_only=False) if name == "top_features" else values
     return out
 
 
 def _load_pyfunc(data_path: str) -> DetectorModel:
     """MLflow's entry point: ``data_path`` is the model directory MLflow copied into data/."""
-    return DetectorModel(Detector.load(data_path))
+    return DetectorModel(load_detector_dir(data_path))
 
 
 def signature(detector: Detector):
@@ -57,6 +66,16 @@ def signature(detector: Detector):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
+    if detector.kind == "sequence":
+        schema = detector.schema_
+        names = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
+        outputs = [
+            ColSpec("float", "anomaly_score"),
+            ColSpec("boolean", "is_anomaly"),
+            ColSpec("double", "p_value"),
+        ]
+        inputs = Schema([ColSpec(AnyType(), name) for name in names])
+        return ModelSignature(inputs=inputs, outputs=Schema(outputs))
     inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
     inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]
     outputs = Schema(

@@ -35,7 +35,7 @@ import pandas as pd
 
 from anomaly.detector import Detector
 from anomaly.errors import RegistryError
-from anomaly.persistence import META_FILE
+from anomaly.persistence import META_FILE, load_detector_dir
 from anomaly.pyfunc import DATA_DIR, signature
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class LoggedDetector:
 # ---------------------------------------------------------------------- resolving URIs
 def load_detector(uri: str | Path, *, device: str = "cpu") -> Detector:
     """The detector behind any model URI (see the module docstring), on ``device``."""
-    return Detector.load(resolve(uri).path, device=device)
+    return load_detector_dir(resolve(uri).path, device=device)
 
 
 def resolve(uri: str | Path) -> ModelRef:
@@ -225,7 +225,8 @@ def log_detector(
             # models saved before training was timed have no train_seconds
             | {k: v for k, v in detector.training_summary_.items() if k == "train_seconds"}
         )
-        mlflow.log_dict(detector.schema_.to_dict(), "schema.json")
+        if hasattr(detector, "schema_"):
+            mlflow.log_dict(detector.schema_.to_dict(), "schema.json")
         figures = {
             "plots/loss_curve.png": plots.loss_curve(detector.history_),
             "plots/calibration_histogram.png": plots.calibration_histogram(
@@ -233,11 +234,12 @@ def log_detector(
             ),
         }
         example = None
-        if sample is not None and len(sample):
+        if sample is not None and len(sample) and detector.kind == "tabular":
             rows, marks = _projection_rows(sample, sample_is_anomaly, detector.seed)
             figures["plots/latent_projection.png"] = plots.latent_projection(
                 detector.encode(sample.iloc[rows]), marks
             )
+        if sample is not None and len(sample):
             example = _input_example(detector, sample)
         for path, figure in figures.items():
             mlflow.log_figure(figure, path)
@@ -278,22 +280,30 @@ def _logged_model_id(version) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
-def _run_params(detector: Detector, data_source: str | None) -> dict:
+def _run_params(detector, data_source: str | None) -> dict:
     params = {k: v for k, v in detector.get_params().items() if k != "progress"}
-    params["exclude"] = ",".join(params["exclude"])
-    arch = detector.architecture_
-    params |= {
-        "n_features": arch["n_features"],
-        "hidden_sizes": ",".join(map(str, arch["hidden"])),
-        "latent_size": arch["latent"],
-        "score_kind": detector._score_method(),
-        "data_columns": len(detector.schema_.columns),
-        "train_rows": detector.training_summary_["n_train"],
-        "validation_rows": detector.training_summary_["n_validation"],
-        "calibration_rows": detector.training_summary_["n_calibration"],
-        "schema_hash": detector.schema_.fingerprint(),
-        "trained_on": detector.training_summary_["device"],
+    params |= {f"arch_{k}": v for k, v in detector.architecture_.items()}
+    params = {
+        k: ",".join(map(str, v)) if isinstance(v, list | tuple) else v for k, v in params.items()
     }
+    summary = detector.training_summary_
+    params |= {
+        "kind": detector.kind,
+        "score_kind": detector._score_method(),
+        "train_rows": summary["n_train"],
+        "validation_rows": summary["n_validation"],
+        "calibration_rows": summary["n_calibration"],
+        "trained_on": summary["device"],
+    }
+    if detector.kind == "tabular":
+        arch = detector.architecture_
+        params |= {
+            "n_features": arch["n_features"],
+            "hidden_sizes": ",".join(map(str, arch["hidden"])),
+            "latent_size": arch["latent"],
+            "data_columns": len(detector.schema_.columns),
+            "schema_hash": detector.schema_.fingerprint(),
+        }
     if data_source:
         params["data"] = data_source
     return {k: ("" if v is None else v) for k, v in params.items()}
@@ -328,7 +338,17 @@ def _projection_rows(
     return rows, (None if is_anomaly is None else marked[rows])
 
 
-def _input_example(detector: Detector, sample: pd.DataFrame) -> pd.DataFrame:
+def _input_example(detector, sample: pd.DataFrame) -> pd.DataFrame | None:
+    if detector.kind == "sequence":  # one series, in time order, a window and a few more points
+        schema = detector.schema_
+        rows = sample
+        if schema.series:
+            rows = rows[rows[schema.series] == rows[schema.series].iloc[0]]
+        columns = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
+        rows = rows.sort_values(schema.timestamp)[columns].head(detector.window + 4)
+        return rows.reset_index(drop=True)
+    if detector.kind != "tabular":
+        return None
     columns = [c for c in (*detector.schema_.names, *detector.schema_.ignored) if c in sample]
     rows = sample[columns]
     complete = rows.dropna()

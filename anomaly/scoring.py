@@ -1,8 +1,13 @@
 """Anomaly scores and training losses: pure functions of a model and a batch.
 
 Every score here is **higher = more anomalous**. Each function returns ``(score, parts)``:
-``score`` of shape (B,) and ``parts`` of shape (B, F), the per-feature terms used to rank which
-input columns contributed most.
+``score`` of shape (B,) and ``parts`` shaped like the input (B, ...), the per-element terms: per
+feature for a table (to rank the columns that contributed most), per channel and time step for
+a sequence window, per channel and pixel for an image (its anomaly map).
+
+A VAE here is any module with ``encode(x) -> (mu, logvar)`` of shape (B, L), ``decode(z)`` that
+maps latents of shape (..., L) to reconstructions of shape (..., *x.shape[1:]), a
+``log_scale`` broadcastable to one input, and ``eps``, its (K, L) fixed draws.
 
 - ``reconstruction``: mean squared error between a row and its reconstruction (for a VAE, the
   reconstruction at the posterior mean). ``parts`` add up to ``score``.
@@ -15,10 +20,10 @@ input columns contributed most.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
-
-from anomaly.models import DenseVAE
 
 SCORE_METHODS = ("reconstruction", "elbo", "iwae")
 _LOG_2PI = math.log(2 * math.pi)
@@ -34,15 +39,20 @@ def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tenso
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
 
 
+def is_vae(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a VAE in the sense above (it has fixed draws for scoring)."""
+    return hasattr(model, "eps") and hasattr(model, "decode")
+
+
 def score_batch(
     model: torch.nn.Module, x: torch.Tensor, method: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score a batch with ``method`` (one of ``SCORE_METHODS``); returns (score, parts)."""
     if method == "reconstruction":
-        sq = (model(x) - x) ** 2  # (B, F)
-        parts = sq / x.shape[1]
-        return parts.sum(dim=1), parts
-    assert isinstance(model, DenseVAE), f"{method!r} scores need a VAE"
+        sq = (model(x) - x) ** 2  # (B, ...)
+        parts = sq / x[0].numel()
+        return parts.flatten(1).sum(dim=1), parts
+    assert is_vae(model), f"{method!r} scores need a VAE"
     mu, logvar = model.encode(x)
     # Parts: the squared standardised error at the posterior mean, so that features are ranked
     # by how far off they are, not by their learned scale.
@@ -51,7 +61,8 @@ def score_batch(
     z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, K, L)
     # Samples on the inner axis: every reduction below runs along contiguous memory, which
     # keeps a row's result independent of how many rows are scored with it.
-    log_px_z = -gaussian_nll(x.unsqueeze(1), model.decode(z), model.log_scale).sum(dim=2)  # (B, K)
+    nll = gaussian_nll(x.unsqueeze(1), model.decode(z), model.log_scale)  # (B, K, ...)
+    log_px_z = -nll.flatten(2).sum(dim=2)  # (B, K)
     if method == "elbo":
         return -log_px_z.mean(dim=1) + kl_to_standard_normal(mu, logvar), parts
     if method == "iwae":
@@ -71,9 +82,61 @@ def training_loss(
     ``x_in`` may be a corrupted copy of ``target`` (denoising); the loss always reconstructs
     ``target``. The VAE uses one fresh reparameterised sample per row.
     """
-    if not isinstance(model, DenseVAE):
+    if not is_vae(model):
         return ((model(x_in) - target) ** 2).mean()
     mu, logvar = model.encode(x_in)
     z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-    nll = gaussian_nll(target, model.decode(z), model.log_scale).sum(dim=1)
+    nll = gaussian_nll(target, model.decode(z), model.log_scale).flatten(1).sum(dim=1)
     return (nll + beta * kl_to_standard_normal(mu, logvar)).mean()
+
+
+def scoring_blocks(device: torch.device, row_size: int = 1) -> tuple[int, int]:
+    """(block rows, alignment) for scoring rows of ``row_size`` elements on ``device``.
+
+    Rows are scored in blocks of at most ``block rows``, each padded to a multiple of
+    ``alignment``, because a row's score must not depend on the rows scored beside it. CPU
+    matrix kernels give a row bit-identical results whenever the block height is a multiple of
+    8. GPU libraries pick kernels by height, so there every block is padded to one full height;
+    a large one, since a GPU's cost per block is mostly kernel launches. Blocks are also capped
+    in elements, so that a block of images fits in memory.
+    """
+    if device.type == "cuda":
+        rows = min(262_144, max(16, (1 << 24) // row_size // 16 * 16))
+        return rows, rows
+    return min(65_536, max(16, (1 << 20) // row_size // 16 * 16)), 16
+
+
+@torch.no_grad()
+def score_array(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    method: str,
+    device: torch.device,
+    reduce_parts: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scores (n,) of the model-input array ``x`` (n, ...), block by block on ``device``.
+
+    ``reduce_parts`` maps a block's ``parts`` to what the caller keeps of them (per-column sums,
+    per-time-step sums, an anomaly map); without it the parts are dropped. ``model`` must be in
+    eval mode.
+    """
+    n = len(x)
+    block_rows, align = scoring_blocks(device, int(np.prod(x.shape[1:], dtype=np.int64)))
+    scores = np.empty(n, dtype=np.float32)
+    kept: np.ndarray | None = None
+    for start in range(0, n, block_rows):
+        block = torch.from_numpy(x[start : start + block_rows]).to(device)
+        rows = len(block)
+        padded = -rows % align
+        if padded:  # padded where the block is, so a GPU is not sent a block of zeros
+            block = torch.cat([block, block.new_zeros(padded, *block.shape[1:])])
+        s, parts = score_batch(model, block, method)
+        scores[start : start + rows] = s[:rows].cpu().numpy()
+        if reduce_parts is not None:
+            reduced = reduce_parts(parts[:rows]).cpu().numpy()
+            if kept is None:
+                kept = np.empty((n, *reduced.shape[1:]), dtype=np.float32)
+            kept[start : start + rows] = reduced
+    if reduce_parts is not None and kept is None:  # no rows
+        kept = np.empty((0,), dtype=np.float32)
+    return scores, kept

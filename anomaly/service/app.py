@@ -25,6 +25,7 @@ from anomaly.service.batching import Batcher
 from anomaly.service.model import ModelHolder
 from anomaly.service.routes import operations, scoring
 from anomaly.service.settings import Settings
+from anomaly.streams import MemoryStreams, RedisStreams
 
 log = logging.getLogger(__name__)
 STREAM_PATH = "/v1/score/stream"  # exempt from the body limit: its lines are limited instead
@@ -47,6 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = Batcher(settings.batch_wait_ms / 1000, settings.batch_max_records)
         batcher.start()
         app.state.holder, app.state.batcher = holder, batcher
+        app.state.streams = (
+            RedisStreams(settings.stream_redis_url, settings.stream_ttl)
+            if settings.stream_redis_url
+            else MemoryStreams(settings.max_streams, settings.stream_ttl)
+        )
         poller = None
         if holder.follows_alias and settings.reload_interval > 0:
             poller = asyncio.create_task(holder.poll_forever(settings.reload_interval))
@@ -78,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:
     if request.url.path == "/invocations":  # MLflow's error shape, for its clients
         return JSONResponse({"error_code": "BAD_REQUEST", "message": str(exc)}, status_code=400)
-    loc: list[str | int] = ["body", "records"]
+    items = "points" if request.url.path.startswith("/v1/streams/") else "records"
+    loc: list[str | int] = ["body", items]
     if exc.row is not None:
         loc.append(exc.row)
     if exc.column is not None:

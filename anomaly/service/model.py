@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from anomaly import registry
 from anomaly.detector import Detector
 from anomaly.drift import ScoreDrift
+from anomaly.persistence import load_detector_dir
 from anomaly.service import metrics
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,10 @@ class ModelHolder:
     def load(self, ref: registry.ModelRef | None = None) -> ServedModel:
         """Load the model the URI names now (or ``ref``, already resolved), make it current."""
         ref = ref or registry.resolve(self.uri)
-        detector = Detector.load(ref.path, device=self.device)
-        drift = ScoreDrift(
-            detector.calibrator_.scores_, window=self.drift_window, level=self.drift_level
-        )
+        detector = load_detector_dir(ref.path, device=self.device)
+        # a sequence model is served window by window: compare with its window scores
+        reference = getattr(detector, "window_calibrator_", detector.calibrator_).scores_
+        drift = ScoreDrift(reference, window=self.drift_window, level=self.drift_level)
         loaded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         served = ServedModel(detector, ref, loaded_at, drift)
         before = None if self.current is None else (self.current.ref.name, self.current.ref.version)

@@ -3,22 +3,31 @@ the batcher, write the answer. No scoring logic lives here."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from anomaly.errors import InputError
-from anomaly.pyfunc import with_results
+from anomaly.pyfunc import with_results, with_scores
 from anomaly.service import metrics
 from anomaly.service.inputs import parse_invocations, parse_line, records_to_columns
 from anomaly.service.model import ServedModel
-from anomaly.service.schemas import ErrorResponse, ModelInfo, ScoreRequest, ScoreResponse
+from anomaly.service.schemas import (
+    ErrorResponse,
+    ModelInfo,
+    PointsRequest,
+    PointsResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from anomaly.streams import parse_points
 
 scoring = APIRouter(tags=["scoring"])
 operations = APIRouter(tags=["operations"])
@@ -27,6 +36,7 @@ _ERRORS = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
     413: {"model": ErrorResponse, "description": "Body or record count over the limit"},
     422: {"model": ErrorResponse, "description": "Bad input: names the field and record"},
+    409: {"model": ErrorResponse, "description": "The model scores another kind of data"},
     503: {"model": ErrorResponse, "description": "No model loaded"},
 }
 
@@ -68,7 +78,36 @@ def require_token(request: Request) -> None:
                             headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
+# Where each kind of model is scored, besides /invocations
+ENDPOINTS = {
+    "tabular": "/v1/score",
+    "sequence": "/v1/streams/{stream_id}/points",
+    "image": "/v1/score/image",
+}
+
+
+def _model_of_kind(request: Request, kind: str) -> ServedModel:
+    served = current_model(request)
+    if served.detector.kind != kind:
+        raise HTTPException(
+            409,
+            f"the model scores {served.detector.kind} data: use "
+            f"{ENDPOINTS[served.detector.kind]} or /invocations",
+        )
+    return served
+
+
+def table_model(request: Request) -> ServedModel:
+    return _model_of_kind(request, "tabular")
+
+
+def sequence_model(request: Request) -> ServedModel:
+    return _model_of_kind(request, "sequence")
+
+
 Model = Annotated[ServedModel, Depends(current_model)]
+TableModel = Annotated[ServedModel, Depends(table_model)]
+SequenceModel = Annotated[ServedModel, Depends(sequence_model)]
 
 
 def _check_count(request: Request, n: int) -> None:
@@ -84,7 +123,7 @@ def _check_count(request: Request, n: int) -> None:
     dependencies=[Depends(require_token)],
     summary="Score records",
 )
-async def score(body: ScoreRequest, request: Request, served: Model) -> Response:
+async def score(body: ScoreRequest, request: Request, served: TableModel) -> Response:
     """Scores, flags, p-values and top features of each record, in input order."""
     _check_count(request, len(body.records))
     columns = records_to_columns(served.detector, body.records)
@@ -110,9 +149,12 @@ async def invocations(request: Request, served: Model) -> Response:
     columns and its scores, as the MLflow pyfunc's ``predict`` returns them."""
     frame = parse_invocations(await request.body(), request.headers.get("content-type", ""))
     _check_count(request, len(frame))
-    columns = served.detector.schema_.coerce(frame)
-    result = await request.app.state.batcher.score(served, columns, len(frame))
-    out = with_results(frame, result)
+    if served.detector.kind == "tabular":
+        columns = served.detector.schema_.coerce(frame)
+        result = await request.app.state.batcher.score(served, columns, len(frame))
+        out = with_results(frame, result)
+    else:  # a sequence's rows are scored together, as the pyfunc does
+        out = await asyncio.to_thread(with_scores, served.detector, frame)
     predictions = out.astype(object).where(out.notna(), None).to_dict(orient="records")
     return Response(
         orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -130,7 +172,7 @@ async def invocations(request: Request, served: Model) -> Response:
 async def score_stream(request: Request) -> DuplexStreamingResponse:
     """A record per line in, a result per line out (``{"line": i, ...}``, or ``{"line": i,
     "error": ...}`` for a bad line), scored in micro-batches as lines arrive."""
-    current_model(request)  # 503 before the stream starts
+    table_model(request)  # 503 or 409 before the stream starts
     settings = request.app.state.settings
     return DuplexStreamingResponse(
         _stream_results(request, settings.stream_batch_lines, settings.max_line_bytes),
@@ -199,6 +241,52 @@ async def _score_lines(request: Request, lines: list[bytes], first: int) -> byte
     return b"".join(_line(out[n]) for n in sorted(out))
 
 
+@scoring.post(
+    "/v1/streams/{stream_id}/points",
+    response_model=PointsResponse,
+    responses=_ERRORS,
+    dependencies=[Depends(require_token)],
+    summary="Score a time series point by point",
+)
+async def stream_points(
+    body: PointsRequest,
+    request: Request,
+    served: SequenceModel,
+    stream_id: Annotated[str, Path(min_length=1, max_length=200)],
+) -> Response:
+    """Append points to the stream's window buffer; each point gets the score of the window
+    ending at it once the window is full (null before, with a reason). See
+    :mod:`anomaly.streams` for ordering, missing values, gaps and where buffers live."""
+    _check_count(request, len(body.points))
+    detector = served.detector
+    times, values = parse_points(detector, body.points)
+    streams = request.app.state.streams
+    pushed = await asyncio.to_thread(streams.update, stream_id, detector, times, values)
+    result = await asyncio.to_thread(detector.score_windows, pushed.windows)
+    metrics.observe_scores(result["anomaly_score"], result["is_anomaly"])
+    served.drift.update(result["anomaly_score"], result["is_anomaly"])
+    metrics.publish_drift(served.drift)
+    results = []
+    for point, row, reason in zip(body.points, pushed.row, pushed.reasons, strict=True):
+        scored = row >= 0
+        results.append(
+            {
+                "timestamp": point[detector.schema_.timestamp],
+                "anomaly_score": float(result["anomaly_score"][row]) if scored else None,
+                "is_anomaly": bool(result["is_anomaly"][row]) if scored else None,
+                "p_value": float(result["p_value"][row]) if scored else None,
+                "reason": reason,
+            }
+        )
+    payload = {
+        "model": {"name": served.ref.name, "version": served.ref.version, "uri": served.ref.uri},
+        "threshold": float(detector.window_calibrator_.threshold_),
+        "stream_id": stream_id,
+        "results": results,
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
 @operations.get("/healthz", summary="Liveness")
 async def healthz() -> dict:
     return {"status": "ok"}
@@ -219,6 +307,7 @@ async def model_info(served: Model) -> dict:
         "alias": served.alias,
         "uri": ref.uri,
         "run_id": ref.run_id,
+        "kind": detector.kind,
         "model": detector.model,
         "score": detector._score_method(),
         "threshold": float(detector.threshold_),

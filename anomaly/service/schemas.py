@@ -23,6 +23,25 @@ class ScoreResult(BaseModel):
     top_features: list[str] = Field(description="Columns that contributed most, most first")
 
 
+class PointsRequest(BaseModel):
+    points: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="A stream's new points, oldest first: the timestamp and every value column "
+        "the model was trained on (a missing value takes the stream's previous one).",
+        examples=[[{"timestamp": "2024-05-01T12:00:00Z", "value": 41.2}]],
+    )
+
+
+class PointResult(BaseModel):
+    timestamp: Any = Field(description="The point's timestamp, as sent")
+    anomaly_score: float | None = Field(
+        description="Score of the window ending at this point; null until the window is full"
+    )
+    is_anomaly: bool | None
+    p_value: float | None
+    reason: str | None = Field(description="Why there is no score, when there is none")
+
+
 class ModelRefOut(BaseModel):
     name: str | None
     version: str | None
@@ -33,6 +52,13 @@ class ScoreResponse(BaseModel):
     model: ModelRefOut
     threshold: float
     results: list[ScoreResult] = Field(description="One per input record, in input order")
+
+
+class PointsResponse(BaseModel):
+    model: ModelRefOut
+    threshold: float = Field(description="Threshold of window scores")
+    stream_id: str
+    results: list[PointResult] = Field(description="One per point, in input order")
 
 
 class Drift(BaseModel):
@@ -49,6 +75,7 @@ class ModelInfo(BaseModel):
     alias: str | None
     uri: str
     run_id: str | None
+    kind: str = Field(description="tabular, sequence or image: the data it scores")
     model: str = Field(description="vae, ae or linear")
     score: str = Field(description="What anomaly_score measures")
     threshold: float

@@ -32,5 +32,16 @@ class Settings(BaseSettings):
     drift_level: float = Field(
         0.2, gt=0, description="PSI above which /v1/model suggests retraining"
     )
+    max_streams: int = Field(
+        10_000, gt=0, description="Most time-series streams buffered per process (LRU beyond)"
+    )
+    stream_ttl: float = Field(
+        3600.0, gt=0, description="Seconds a stream's buffer lives without a new point"
+    )
+    stream_redis_url: str | None = Field(
+        None,
+        description="Keep stream buffers in Redis (redis://host:port/db), shared by workers and "
+        "replicas; otherwise they live in each process",
+    )
     device: str = Field("cpu", description="Torch device for scoring")
     torch_threads: int | None = Field(None, gt=0, description="Torch threads per worker")

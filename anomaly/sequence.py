@@ -1,0 +1,482 @@
+"""Anomaly detection on time series: window autoencoders, per-point scores, calibrated.
+
+:class:`SequenceDetector` follows :class:`anomaly.Detector`'s API for a table of time series
+(see :mod:`anomaly.data.sequence` for the data policy). Each series is cut into sliding windows
+of ``window`` observations; a window autoencoder learns normal windows.
+
+Scores, higher = more anomalous:
+
+- a **point's score** (``score(frame)``, what ``anomaly score`` writes) is the mean, over every
+  window that covers the point, of the error the model makes at that point in that window: its
+  per-step share of the window's reconstruction error (or, for a VAE, of the standardised
+  error at the posterior mean). It uses the points after it too.
+- a **window's score** (``score(frame, by="window")``, what a stream answers) belongs to the
+  window's last point: reconstruction error or negative ELBO of the window that ends there. It
+  uses only the past, so a stream can answer as each point arrives.
+
+Both are calibrated, each on its own scores of the calibration part of the normal data (the last
+``calibration_fraction`` of every series, in time, never trained on).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from anomaly.calibration import Calibrator
+from anomaly.data.sequence import Segments, SequenceSchema
+from anomaly.errors import InputError, NotFittedError
+from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
+from anomaly.persistence import load_model_dir, save_model_dir
+from anomaly.scoring import SCORE_METHODS, score_array
+from anomaly.training import TrainConfig, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value")
+BY = ("point", "window")
+
+
+class SequenceDetector:
+    """Window AE or VAE for one or many time series in a table.
+
+    Parameters
+    ----------
+    timestamp_col : str
+        The time column (dates or numbers).
+    series_col : str, optional
+        The series-id column, when a table holds several series.
+    value_cols : list of str, optional
+        The value columns; by default every numeric column but the others named here.
+    exclude : list of str
+        Columns to ignore when value columns are inferred (labels, ids).
+    model : {"ae", "vae"}, default="ae"
+    arch : {"conv", "gru"}, default="conv"
+        Encoder-decoder body (:mod:`anomaly.models.sequence`).
+    window : int, default=32
+        Observations per window.
+    stride : int, default=1
+        Step between training windows (scoring always uses every window).
+    latent : int, optional
+        Latent size; by default ``clip(window // 4, 4, 16)``.
+    hidden : int, default=32
+        Channels (conv) or state size (gru).
+    dropout, denoise, beta, n_samples, target_fpr, threshold_method, epochs, batch_size, lr,
+    weight_decay, patience, seed, device, progress
+        As for :class:`anomaly.Detector`.
+    score : {"reconstruction", "elbo", "iwae"}, optional
+        The window score; default ``elbo`` for a VAE, ``reconstruction`` for an AE.
+    max_gap : float, default=5.0
+        A step longer than ``max_gap`` typical steps starts a new segment.
+    calibration_fraction, validation_fraction : float
+        The last parts of every series, in time, held out for calibration and early stopping.
+    """
+
+    kind = "sequence"
+
+    def __init__(
+        self,
+        timestamp_col: str = "timestamp",
+        series_col: str | None = None,
+        value_cols: list[str] | None = None,
+        exclude: tuple[str, ...] | list[str] = (),
+        model: str = "ae",
+        arch: str = "conv",
+        window: int = 32,
+        stride: int = 1,
+        latent: int | None = None,
+        hidden: int = 32,
+        dropout: float = 0.0,
+        denoise: float = 0.0,
+        beta: float = 1.0,
+        score: str | None = None,
+        n_samples: int = 4,
+        max_gap: float = 5.0,
+        target_fpr: float = 0.01,
+        threshold_method: str = "quantile",
+        calibration_fraction: float = 0.2,
+        validation_fraction: float = 0.1,
+        epochs: int = 100,
+        batch_size: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 10,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = False,
+    ):
+        self.timestamp_col = timestamp_col
+        self.series_col = series_col
+        self.value_cols = None if value_cols is None else list(value_cols)
+        self.exclude = tuple(exclude)
+        self.model = model
+        self.arch = arch
+        self.window = window
+        self.stride = stride
+        self.latent = latent
+        self.hidden = hidden
+        self.dropout = dropout
+        self.denoise = denoise
+        self.beta = beta
+        self.score_method = score
+        self.n_samples = n_samples
+        self.max_gap = max_gap
+        self.target_fpr = target_fpr
+        self.threshold_method = threshold_method
+        self.calibration_fraction = calibration_fraction
+        self.validation_fraction = validation_fraction
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict:
+        params = {k: getattr(self, k) for k in _PARAM_NAMES}
+        params["score"] = params.pop("score_method")
+        params["exclude"] = list(params["exclude"])
+        return params
+
+    def _score_method(self) -> str:
+        if self.score_method is not None:
+            return self.score_method
+        return "elbo" if self.model == "vae" else "reconstruction"
+
+    def _check_params(self) -> None:
+        if self.model not in ("ae", "vae"):
+            raise InputError(f"unknown model {self.model!r}; choose 'ae' or 'vae'")
+        if self.arch not in ARCHS:
+            raise InputError(f"unknown arch {self.arch!r}; choose one of {ARCHS}")
+        method = self._score_method()
+        if method not in SCORE_METHODS:
+            raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")
+        if method != "reconstruction" and self.model != "vae":
+            raise InputError(f"score {method!r} needs model='vae'")
+        if self.window < 2:
+            raise InputError(f"window must be at least 2, got {self.window}")
+        for name in ("stride", "epochs", "n_samples", "patience", "hidden"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.calibration_fraction < 1.0:
+            raise InputError(
+                f"calibration_fraction must be in (0, 1), got {self.calibration_fraction}"
+            )
+        if not 0.0 <= self.validation_fraction < 1.0 - self.calibration_fraction:
+            raise InputError(f"validation_fraction {self.validation_fraction} leaves no training")
+
+    def _architecture(self, channels: int) -> dict:
+        latent = self.latent or int(np.clip(self.window // 4, 4, 16))
+        return {
+            "channels": channels,
+            "window": self.window,
+            "latent": latent,
+            "hidden": self.hidden,
+            "arch": self.arch,
+        }
+
+    def _build_module(self, arch: dict) -> torch.nn.Module:
+        if self.model == "vae":
+            return SequenceVAE(
+                **arch, dropout=self.dropout, n_samples=self.n_samples, seed=self.seed
+            )
+        return SequenceAE(**arch, dropout=self.dropout)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, frame: pd.DataFrame) -> SequenceDetector:
+        """Learn normal windows from ``frame``, rows of series believed normal."""
+        self._check_params()
+        frame = _as_frame(frame)
+        schema = SequenceSchema.infer(
+            frame,
+            timestamp=self.timestamp_col,
+            series=self.series_col,
+            values=self.value_cols,
+            exclude=self.exclude,
+            max_gap=self.max_gap,
+        )
+        segments = schema.prepare(frame)
+        train_part, val_part, cal_part = _split_in_time(
+            segments, self.validation_fraction, self.calibration_fraction
+        )
+        train_values = np.concatenate([segments.values[a:b] for a, b in train_part.bounds])
+        self.mean_ = train_values.mean(axis=0).astype(np.float32)
+        std = train_values.std(axis=0)
+        self.std_ = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        scaled = self._scaled(segments.values)
+        for part in (train_part, val_part, cal_part):
+            part.values = scaled
+        x_train = train_part.windows(
+            train_part.window_starts(self.window, self.stride), self.window
+        )
+        x_val = val_part.windows(val_part.window_starts(self.window), self.window)
+        cal_starts = cal_part.window_starts(self.window)
+        if len(x_train) < 10:
+            raise InputError(
+                f"{len(x_train)} training windows of {self.window} points are too few: give "
+                "longer series or a shorter window"
+            )
+        if len(cal_starts) == 0:
+            raise InputError(
+                f"the calibration part of each series (the last {self.calibration_fraction:.0%})"
+                f" is shorter than one window of {self.window} points: give longer series, a "
+                "larger calibration_fraction or a shorter window"
+            )
+
+        torch.manual_seed(self.seed)
+        arch = self._architecture(len(schema.values))
+        module = self._build_module(arch)
+        device = resolve_device(self.device)
+        config = TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            denoise=self.denoise,
+            beta=self.beta,
+            seed=self.seed,
+            progress=self.progress,
+        )
+        started = time.perf_counter()
+        history = train(module, x_train, x_val, config, device)
+        train_seconds = time.perf_counter() - started
+
+        self.schema_, self.module_, self.architecture_ = schema, module, arch
+        self.history_, self.device_ = history, device
+        window_scores, point_scores = self._score_segments(cal_part, cal_starts)
+        self.window_calibrator_ = Calibrator(
+            target_fpr=self.target_fpr, method=self.threshold_method
+        ).fit(window_scores)
+        self.calibrator_ = Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).fit(
+            point_scores[~np.isnan(point_scores)]
+        )
+        self.training_summary_ = {
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "n_series": len(set(segments.series)),
+            "n_points": len(frame),
+            "n_train": len(x_train),
+            "n_validation": len(x_val),
+            "n_calibration": len(cal_starts),
+            "epochs_run": len(history["train_loss"]),
+            "train_seconds": round(train_seconds, 3),
+            "device": str(device),
+        }
+        return self
+
+    # ------------------------------------------------------------------ score
+    @property
+    def threshold_(self) -> float:
+        """The point-score threshold (``window_calibrator_.threshold_`` for window scores)."""
+        self._check_fitted()
+        return self.calibrator_.threshold_
+
+    def score(self, frame: pd.DataFrame, *, by: str = "point", row_offset: int = 0) -> pd.DataFrame:
+        """Score every row of ``frame``; a DataFrame indexed like it.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            Rows with the timestamp, series-id and value columns the detector was trained on.
+        by : {"point", "window"}
+            ``point``: the score of each point over all windows covering it. ``window``: the
+            score of the window that ends at each point (NaN for a segment's first
+            ``window - 1`` points), as a stream answers.
+        row_offset : int
+            Added to row positions in error messages.
+
+        Returns
+        -------
+        DataFrame with ``anomaly_score`` (float, NaN where no window covers the point),
+        ``is_anomaly`` (bool) and ``p_value`` (float, NaN with the score).
+        """
+        self._check_fitted()
+        if by not in BY:
+            raise InputError(f"by must be one of {BY}, got {by!r}")
+        frame = _as_frame(frame)
+        segments = self.schema_.prepare(frame, row_offset=row_offset)
+        segments.values = self._scaled(segments.values)
+        starts = segments.window_starts(self.window)
+        window_scores, point_scores = self._score_segments(segments, starts)
+        if by == "point":
+            sorted_scores, calibrator = point_scores, self.calibrator_
+        else:
+            sorted_scores = np.full(len(segments.values), np.nan, dtype=np.float32)
+            sorted_scores[starts + self.window - 1] = window_scores
+            calibrator = self.window_calibrator_
+        scores = segments.to_input_order(sorted_scores)
+        return pd.DataFrame(_calibrated(scores, calibrator), index=frame.index)
+
+    def score_samples(self, frame: pd.DataFrame) -> np.ndarray:
+        """Point scores, float32 of shape (n_rows,), in row order; NaN where no window covers."""
+        return self.score(frame)["anomaly_score"].to_numpy()
+
+    def score_windows(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Window scores of raw windows (N, window, n_values), oldest point first.
+
+        A stream's path: the windows are already ordered and filled. Returns the result
+        columns, calibrated against window scores.
+        """
+        self._check_fitted()
+        windows = np.asarray(windows, dtype=np.float32)
+        expected = (self.window, len(self.schema_.values))
+        if windows.ndim != 3 or windows.shape[1:] != expected:
+            raise InputError(f"windows must have shape (N, {expected[0]}, {expected[1]})")
+        x = np.ascontiguousarray(self._scaled(windows).transpose(0, 2, 1))
+        scores, _ = score_array(self.module_, x, self._score_method(), self.device_)
+        return _calibrated(scores, self.window_calibrator_)
+
+    def _scaled(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean_) / self.std_).astype(np.float32)
+
+    def _score_segments(
+        self, segments: Segments, starts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the windows at ``starts`` and point scores (NaN where uncovered)."""
+        x = segments.windows(starts, self.window)
+        window_scores, steps = score_array(
+            self.module_,
+            x,
+            self._score_method(),
+            self.device_,
+            reduce_parts=lambda parts: parts.sum(dim=1),  # (N, W): summed over value columns
+        )
+        n = len(segments.values)
+        if len(starts) == 0:
+            return window_scores, np.full(n, np.nan, dtype=np.float32)
+        where = (starts[:, None] + np.arange(self.window)).ravel()
+        total = np.bincount(where, weights=steps.ravel().astype(np.float64), minlength=n)
+        count = np.bincount(where, minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            points = (total / count).astype(np.float32)  # NaN where no window covers
+        return window_scores, points
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "calibrator_"):
+            raise NotFittedError(
+                "this SequenceDetector is not fitted yet: call fit() or SequenceDetector.load()"
+            )
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
+        self._check_fitted()
+        import anomaly
+
+        meta = {
+            "kind": "sequence",
+            "params": self.get_params(),
+            "architecture": self.architecture_,
+            "schema": self.schema_.to_dict(),
+            "scaler": {"mean": self.mean_.tolist(), "std": self.std_.tolist()},
+            "calibration": {
+                "point": self.calibrator_.to_dict(),
+                "window": self.window_calibrator_.to_dict(),
+            },
+            "history": self.history_,
+            "training": self.training_summary_,
+            "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
+        }
+        return save_model_dir(path, meta, self.module_.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> SequenceDetector:
+        """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
+        meta, tensors = load_model_dir(path)
+        det = cls(**{**meta["params"], "device": device})
+        det.schema_ = SequenceSchema.from_dict(meta["schema"])
+        det.mean_ = np.asarray(meta["scaler"]["mean"], dtype=np.float32)
+        det.std_ = np.asarray(meta["scaler"]["std"], dtype=np.float32)
+        det.architecture_ = meta["architecture"]
+        det.module_ = det._build_module(det.architecture_)
+        det.module_.load_state_dict(tensors)
+        det.device_ = resolve_device(device)
+        det.module_.to(det.device_).eval()
+        det.calibrator_ = Calibrator.from_dict(meta["calibration"]["point"])
+        det.window_calibrator_ = Calibrator.from_dict(meta["calibration"]["window"])
+        det.history_ = meta["history"]
+        det.training_summary_ = meta["training"]
+        return det
+
+
+_PARAM_NAMES = (
+    "timestamp_col",
+    "series_col",
+    "value_cols",
+    "exclude",
+    "model",
+    "arch",
+    "window",
+    "stride",
+    "latent",
+    "hidden",
+    "dropout",
+    "denoise",
+    "beta",
+    "score_method",
+    "n_samples",
+    "max_gap",
+    "target_fpr",
+    "threshold_method",
+    "calibration_fraction",
+    "validation_fraction",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "patience",
+    "seed",
+    "progress",
+)
+
+
+def _as_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise InputError(f"expected a DataFrame, got {type(frame).__name__}")
+    return frame
+
+
+def _split_in_time(
+    segments: Segments, val_fraction: float, cal_fraction: float
+) -> tuple[Segments, Segments, Segments]:
+    """Each segment cut in time into training, validation and calibration parts (in that
+    order), so no window of one part overlaps another."""
+    parts: list[list[tuple[int, int]]] = [[], [], []]
+    series: list[list] = [[], [], []]
+    for (start, stop), name in zip(segments.bounds, segments.series, strict=True):
+        n = stop - start
+        n_cal, n_val = round(cal_fraction * n), round(val_fraction * n)
+        cuts = [start, stop - n_cal - n_val, stop - n_cal, stop]
+        for i in range(3):
+            if cuts[i + 1] > cuts[i]:
+                parts[i].append((cuts[i], cuts[i + 1]))
+                series[i].append(name)
+    return tuple(
+        Segments(
+            segments.values,
+            segments.order,
+            np.asarray(parts[i], dtype=np.int64).reshape(-1, 2),
+            series[i],
+        )
+        for i in range(3)
+    )
+
+
+def _calibrated(scores: np.ndarray, calibrator: Calibrator) -> dict[str, np.ndarray]:
+    scored = ~np.isnan(scores)
+    p_values = np.full(len(scores), np.nan)
+    p_values[scored] = calibrator.p_values(scores[scored])
+    return {
+        "anomaly_score": scores.astype(np.float32),
+        "is_anomaly": scored & (np.nan_to_num(scores, nan=-np.inf) > calibrator.threshold_),
+        "p_value": p_values,
+    }

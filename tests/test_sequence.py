@@ -1,0 +1,138 @@
+"""Time series: data policy, window models, per-point and per-window scores, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from anomaly.data.sequence import SequenceSchema
+from anomaly.datasets import make_metric_series
+from anomaly.errors import InputError
+from anomaly.sequence import SequenceDetector
+
+
+@pytest.fixture(scope="module")
+def train_rows() -> pd.DataFrame:
+    return make_metric_series(1200, 2)
+
+
+@pytest.fixture(scope="module")
+def test_rows() -> pd.DataFrame:
+    return make_metric_series(600, 2, anomalies=(200, 450), seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(train_rows) -> SequenceDetector:
+    return SequenceDetector(series_col="host", exclude=["label"], window=24, epochs=15).fit(
+        train_rows
+    )
+
+
+def test_schema_infers_value_columns_and_the_typical_step(train_rows):
+    schema = SequenceSchema.infer(
+        train_rows, timestamp="timestamp", series="host", exclude=["label"]
+    )
+    assert schema.values == ("value",)
+    assert schema.step == 60.0
+    assert SequenceSchema.from_dict(schema.to_dict()) == schema
+
+
+def test_prepare_orders_fills_and_splits_at_gaps():
+    frame = pd.DataFrame(
+        {
+            "t": [3, 1, 2, 4, 50, 51, 52],
+            "v": [3.0, 1.0, np.nan, 4.0, 50.0, np.nan, 52.0],
+        }
+    )
+    schema = SequenceSchema.infer(frame, timestamp="t")
+    assert schema.timestamp_kind == "number" and schema.step == 1.0
+    seg = schema.prepare(frame)
+    # one gap of 46 steps > 5: two segments; NaNs interpolated in time
+    assert seg.bounds.tolist() == [[0, 4], [4, 7]]
+    np.testing.assert_allclose(seg.values[:, 0], [1, 2, 3, 4, 50, 51, 52])
+    np.testing.assert_allclose(seg.to_input_order(seg.values[:, 0]), [3, 1, 2, 4, 50, 51, 52])
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"t": [1, 2, 2], "v": [1.0, 2.0, 3.0]}), "row 2: timestamp 2 repeats"),
+        (pd.DataFrame({"t": [1, 2, 3], "v": [1.0, "x", 3.0]}), "column 'v', row 1"),
+        (pd.DataFrame({"t": [1, 2, 3], "v": [np.nan] * 3}), "column 'v' has no values"),
+        (pd.DataFrame({"t": [1, 2, 3]}), "missing column 'v'"),
+    ],
+)
+def test_bad_series_name_the_column_and_row(frame, message):
+    schema = SequenceSchema(timestamp="t", values=("v",), timestamp_kind="number")
+    with pytest.raises(InputError, match=message):
+        schema.prepare(frame)
+
+
+def test_bad_timestamp_names_the_row():
+    schema = SequenceSchema(timestamp="t", values=("v",))
+    frame = pd.DataFrame({"t": ["2024-01-01", "soon"], "v": [1.0, 2.0]})
+    with pytest.raises(InputError, match="column 't', row 1: 'soon' is not a timestamp"):
+        schema.prepare(frame)
+
+
+def test_point_scores_find_level_shifts_and_keep_row_order(fitted, test_rows):
+    result = fitted.score(test_rows)
+    assert list(result.columns) == ["anomaly_score", "is_anomaly", "p_value"]
+    assert result.index.equals(test_rows.index)
+    assert result["anomaly_score"].notna().all()  # every point of a long segment is covered
+    assert roc_auc_score(test_rows["label"], result["anomaly_score"]) > 0.95
+    assert result.loc[test_rows["label"] == 1, "is_anomaly"].mean() > 0.8
+    # normal points far from both shifts are flagged near the target rate
+    t = (test_rows["timestamp"] - test_rows["timestamp"].min()).dt.total_seconds() / 60
+    far = ((t - 200).abs() > 40) & ((t - 450).abs() > 40)
+    assert result.loc[far, "is_anomaly"].mean() < 0.05
+
+
+def test_window_scores_are_what_a_stream_gets(fitted, test_rows):
+    """by='window' gives each point its window's score: the same numbers as score_windows on
+    the raw window ending there, NaN before a window is full."""
+    result = fitted.score(test_rows, by="window")
+    host = test_rows[test_rows["host"] == "h0"].sort_values("timestamp")
+    per_point = result.loc[host.index]
+    assert per_point["anomaly_score"].iloc[:23].isna().all()
+    assert per_point["anomaly_score"].iloc[23:].notna().all()
+    values = host["value"].to_numpy()
+    windows = np.lib.stride_tricks.sliding_window_view(values, 24)[:, :, None]
+    direct = fitted.score_windows(windows)
+    np.testing.assert_array_equal(direct["anomaly_score"], per_point["anomaly_score"].iloc[23:])
+    np.testing.assert_array_equal(direct["is_anomaly"], per_point["is_anomaly"].iloc[23:])
+
+
+def test_same_input_same_scores_and_save_load_round_trip(fitted, test_rows, tmp_path):
+    first = fitted.score(test_rows)
+    pd.testing.assert_frame_equal(first, fitted.score(test_rows))
+    fitted.save(tmp_path / "m")
+    loaded = SequenceDetector.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(loaded.score(test_rows), first)
+    assert loaded.threshold_ == fitted.threshold_
+
+
+@pytest.mark.parametrize(("model", "arch"), [("vae", "conv"), ("ae", "gru")])
+def test_vae_and_gru_options_detect_too(model, arch, train_rows, test_rows):
+    det = SequenceDetector(
+        series_col="host",
+        exclude=["label"],
+        model=model,
+        arch=arch,
+        window=16,
+        hidden=16,
+        epochs=6,
+        stride=2,
+    ).fit(train_rows)
+    scores = det.score_samples(test_rows)
+    assert roc_auc_score(test_rows["label"], scores) > 0.9
+
+
+def test_short_series_get_nan_scores_and_short_training_data_is_refused(fitted, test_rows):
+    short = test_rows[test_rows["host"] == "h0"].sort_values("timestamp").iloc[:10]
+    result = fitted.score(short)
+    assert result["anomaly_score"].isna().all() and not result["is_anomaly"].any()
+    with pytest.raises(InputError, match="too few"):
+        SequenceDetector(window=24, epochs=1).fit(short[["timestamp", "value"]])
