@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(PY) -m pipelines.demo
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check anomaly pipelines tests benchmarks
+	$(VENV)/bin/ruff check anomaly pipelines tests benchmarks deploy
 	bash tests/system-deps.sh
 	$(PY) -m pytest -q
 
