@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from anomaly.detector import Detector
 from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
+from anomaly.image import ImageDetector
 from anomaly.persistence import load_detector_dir as load
 from anomaly.sequence import SequenceDetector
 
@@ -20,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "AnomalyError",
     "Detector",
+    "ImageDetector",
     "InputError",
     "ModelFormatError",
     "NotFittedError",

@@ -175,6 +175,35 @@ def _score_series_csv(
     return BatchSummary(len(frame), flagged, time.perf_counter() - started, output_path)
 
 
+def score_images(
+    detector, source: str | Path, output_path: str | Path, *, maps_dir: str | Path | None = None
+) -> BatchSummary:
+    """Score images (a folder, file or array, as :func:`anomaly.data.images.load_images`
+    reads) into a CSV with a row per image: ``path``, ``anomaly_score``, ``is_anomaly`` and
+    ``p_value``, written atomically. With ``maps_dir``, each image's anomaly map over it too,
+    as ``<name>_map.png``, on one colour scale (the model's)."""
+    from anomaly.data.images import load_images
+    from anomaly.image_maps import save_overlays
+
+    started = time.perf_counter()
+    images, names = load_images(source, detector.image_size_, detector.channels)
+    frame, maps = detector.score_with_maps(images, names, maps=maps_dir is not None)
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as out:
+            frame.to_csv(out, index=False)
+        os.replace(tmp_name, output_path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    if maps_dir is not None:
+        save_overlays(images, maps, names, maps_dir, vmax=detector.map_scale_)
+    flagged = int(frame["is_anomaly"].sum())
+    return BatchSummary(len(frame), flagged, time.perf_counter() - started, output_path)
+
+
 class _Counting:
     """A read-only file wrapper that advances a progress bar by the bytes read."""
 

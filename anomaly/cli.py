@@ -43,6 +43,7 @@ class ScoreKind(StrEnum):
 class Modality(StrEnum):
     table = "table"
     sequence = "sequence"
+    image = "image"
 
 
 class SequenceArch(StrEnum):
@@ -90,12 +91,17 @@ def _main(
 @app.command()
 @_friendly_errors
 def train(
-    data: Annotated[Path, typer.Argument(help="CSV of normal rows.")],
+    data: Annotated[
+        Path, typer.Argument(help="CSV of normal rows (a folder or file of images for images).")
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Model directory to write.")
     ] = None,
     modality: Annotated[
-        Modality, typer.Option(help="table: independent rows; sequence: time series windows.")
+        Modality,
+        typer.Option(
+            help="table: independent rows; sequence: time series windows; image: pictures."
+        ),
     ] = Modality.table,
     register: Annotated[
         str | None,
@@ -150,26 +156,16 @@ def train(
     arch: Annotated[
         SequenceArch, typer.Option(help="Sequences: 1-D convolutions or a GRU.")
     ] = SequenceArch.conv,
+    size: Annotated[int, typer.Option(help="Images: resized to SIZE x SIZE pixels.")] = 32,
+    channels: Annotated[int, typer.Option(help="Images: 1 (grey) or 3 (RGB).")] = 1,
 ) -> None:
     """Train a detector on normal data, calibrate its threshold; save it and/or register it."""
-    from anomaly.data import read_csv
-
     if out is None and register is None:
         raise AnomalyError("say where the model goes: --out DIR, --register NAME, or both")
-    frame = read_csv(data)
-    exclude = list(exclude or ())
-    is_anomaly = None
-    if label_col is not None:
-        from anomaly.evaluation import parse_labels
-
-        if label_col not in frame.columns:
-            raise AnomalyError(f"{data}: no label column {label_col!r}")
-        is_anomaly = parse_labels(frame[label_col], label_col)
-        exclude.append(label_col)
-    normal = frame if is_anomaly is None else frame[~is_anomaly]
+    if model is ModelKind.linear and modality is not Modality.table:
+        raise AnomalyError(f"{modality.value} models are ae or vae, not linear")
     common = dict(
         model=model.value,
-        exclude=exclude,
         target_fpr=target_fpr,
         threshold_method=threshold.value,
         score=score.value if score else None,
@@ -184,13 +180,34 @@ def train(
         seed=seed,
         progress=True,
     )
+    if modality is Modality.image:
+        from anomaly.image import ImageDetector
+
+        detector = ImageDetector(
+            **common, size=size, channels=channels, hidden=_parse_hidden(hidden)
+        ).fit(data)
+        _report(detector, out, register, data)
+        return
+
+    from anomaly.data import read_csv
+
+    frame = read_csv(data)
+    exclude = list(exclude or ())
+    is_anomaly = None
+    if label_col is not None:
+        from anomaly.evaluation import parse_labels
+
+        if label_col not in frame.columns:
+            raise AnomalyError(f"{data}: no label column {label_col!r}")
+        is_anomaly = parse_labels(frame[label_col], label_col)
+        exclude.append(label_col)
+    normal = frame if is_anomaly is None else frame[~is_anomaly]
     if modality is Modality.sequence:
         from anomaly.sequence import SequenceDetector
 
-        if model is ModelKind.linear:
-            raise AnomalyError("sequence models are ae or vae, not linear")
         detector = SequenceDetector(
             **common,
+            exclude=exclude,
             timestamp_col=timestamp_col,
             series_col=series_col,
             value_cols=value_col or None,
@@ -201,12 +218,19 @@ def train(
     else:
         from anomaly.detector import Detector
 
-        detector = Detector(**common, hidden=_parse_hidden(hidden))
+        detector = Detector(**common, exclude=exclude, hidden=_parse_hidden(hidden))
     detector.fit(normal)
+    _report(detector, out, register, data, frame, is_anomaly)
+
+
+def _report(detector, out, register, data: Path, frame=None, is_anomaly=None) -> None:
+    """Say what was trained; save and/or log and register it."""
     summary = detector.training_summary_
-    unit = "windows" if modality is Modality.sequence else "rows"
+    unit = {"tabular": "rows", "sequence": "windows", "image": "images"}[detector.kind]
+    target_fpr = detector.target_fpr
     typer.echo(
-        f"trained {model.value} on {summary['n_train']} {unit} ({summary['epochs_run']} epochs, "
+        f"trained {detector.model} on {summary['n_train']} {unit} ({summary['epochs_run']} "
+        "epochs, "
         f"{summary['device']}); threshold {detector.threshold_:.6g} at target FPR {target_fpr} "
         f"from {summary['n_calibration']} calibration {unit}"
     )
@@ -233,22 +257,37 @@ def train(
 @app.command("score")
 @_friendly_errors
 def score_command(
-    data: Annotated[Path, typer.Argument(help="CSV of rows to score.")],
+    data: Annotated[
+        Path, typer.Argument(help="CSV of rows to score (images: a folder or file of them).")
+    ],
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write.")],
+    maps: Annotated[
+        Path | None,
+        typer.Option(help="Images: also write each image's anomaly map over it, as PNGs here."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, auto, cuda, cuda:N.")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Score a CSV file of any size; writes every input column plus the scores."""
-    from anomaly.batch import score_csv
+    """Score a CSV file of any size (every input column plus the scores), or images (a row per
+    image: path and scores)."""
+    from anomaly.batch import score_csv, score_images
     from anomaly.registry import load_detector
 
     detector = load_detector(model, device=device)
-    summary = score_csv(detector, data, out, progress=progress)
+    if detector.kind == "image":
+        summary = score_images(detector, data, out, maps_dir=maps)
+        unit = "images"
+    elif maps is not None:
+        raise AnomalyError("--maps is for image models")
+    else:
+        summary = score_csv(detector, data, out, progress=progress)
+        unit = "rows"
     rate = summary.rows / summary.seconds if summary.seconds > 0 else float("nan")
     typer.echo(
-        f"scored {summary.rows} rows, flagged {summary.flagged} "
-        f"({summary.flagged / max(summary.rows, 1):.2%}), {rate:,.0f} rows/s; wrote {out}"
+        f"scored {summary.rows} {unit}, flagged {summary.flagged} "
+        f"({summary.flagged / max(summary.rows, 1):.2%}), {rate:,.0f} {unit}/s; wrote {out}"
+        + (f" and maps in {maps}" if maps is not None else "")
     )
 
 
@@ -299,8 +338,12 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     reload_interval: Annotated[
-        float, typer.Option(help="Seconds between registry polls of an alias (0: never).")
-    ] = 30.0,
+        float | None,
+        typer.Option(
+            help="Seconds between registry polls of an alias (0: never; default: "
+            "ANOMALY_RELOAD_INTERVAL, else 30)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn). More settings: ANOMALY_* variables."""
@@ -310,7 +353,8 @@ def serve(
 
     # Workers are separate processes: they read their settings from the environment.
     os.environ["ANOMALY_MODEL_URI"] = model
-    os.environ["ANOMALY_RELOAD_INTERVAL"] = str(reload_interval)
+    if reload_interval is not None:
+        os.environ["ANOMALY_RELOAD_INTERVAL"] = str(reload_interval)
     if workers > 1:
         os.environ.setdefault(
             "ANOMALY_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers))
@@ -329,8 +373,11 @@ def serve(
             "one worker (and route replicas by stream id), or share buffers in Redis with "
             "ANOMALY_STREAM_REDIS_URL"
         )
+    # A worker imports torch before it answers uvicorn's health check: on a busy or CPU-limited
+    # machine that takes longer than uvicorn's 5 s default, and the worker would be killed.
     uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level)  # fmt: skip
+                workers=workers, log_level=log_level,
+                timeout_worker_healthcheck=60)  # fmt: skip
 
 
 class RetrainMode(StrEnum):

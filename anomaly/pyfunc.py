@@ -8,11 +8,15 @@ a table and a sequence model, the input rows with the result columns appended.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from anomaly.detector import RESULT_COLUMNS, Detector, _as_frame
+from anomaly.errors import InputError
 from anomaly.persistence import load_detector_dir
 
 DATA_DIR = "detector"  # the model directory's name under the MLflow model's data/
@@ -29,11 +33,55 @@ class DetectorModel:
         return with_scores(self.detector, _as_frame(model_input))
 
 
+IMAGE_COLUMN = "image"  # an image model's input: PNG or JPEG bytes, or their base64 text
+
+
 def with_scores(detector, frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` (minus any old result columns) with the detector's result columns appended."""
+    """``frame`` (minus any old result columns) with the detector's result columns appended.
+
+    For an image model, the ``image`` column (encoded bytes or base64 text) is scored and left
+    out of the answer; other columns (a name, an id) pass through.
+    """
     if detector.kind == "sequence":
         return with_results(frame, detector.score(frame))
+    if detector.kind == "image":
+        if IMAGE_COLUMN not in frame.columns:
+            raise InputError(f"missing column {IMAGE_COLUMN!r}", column=IMAGE_COLUMN)
+        images = decode_images(detector, frame[IMAGE_COLUMN].tolist())
+        names = [str(i) for i in range(len(images))]
+        result, _ = detector.score_with_maps(images, names, maps=False)
+        return with_results(frame.drop(columns=[IMAGE_COLUMN]).reset_index(drop=True), result)
     return with_results(frame, detector.score_columns(detector.schema_.coerce(frame)))
+
+
+def decode_images(detector, encoded: list) -> np.ndarray:
+    """(n, C, H, W) images at the detector's size from PNG/JPEG bytes or base64 text; an
+    undecodable one is an error naming its row."""
+    from anomaly.data.images import decode_image
+
+    out = np.empty((len(encoded), detector.channels, *detector.image_size_), dtype=np.float32)
+    for row, value in enumerate(encoded):
+        if isinstance(value, str):
+            try:
+                value = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise InputError(
+                    f"row {row}: {IMAGE_COLUMN!r} is neither image bytes nor base64 text",
+                    column=IMAGE_COLUMN,
+                    row=row,
+                ) from None
+        if not isinstance(value, bytes | bytearray):
+            raise InputError(
+                f"row {row}: {IMAGE_COLUMN!r} must be PNG/JPEG bytes or base64 text",
+                column=IMAGE_COLUMN,
+                row=row,
+            )
+        try:
+            out[row] = decode_image(bytes(value), detector.image_size_, detector.channels,
+                                    name=f"row {row}")  # fmt: skip
+        except InputError as exc:
+            raise InputError(str(exc), column=IMAGE_COLUMN, row=row) from None
+    return out
 
 
 def with_results(frame: pd.DataFrame, result) -> pd.DataFrame:
@@ -66,6 +114,14 @@ def signature(detector: Detector):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
+    if detector.kind == "image":
+        inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN)])
+        outputs = [
+            ColSpec("float", "anomaly_score"),
+            ColSpec("boolean", "is_anomaly"),
+            ColSpec("double", "p_value"),
+        ]
+        return ModelSignature(inputs=inputs, outputs=Schema(outputs))
     if detector.kind == "sequence":
         schema = detector.schema_
         names = [c for c in (schema.timestamp, schema.series, *schema.values) if c]

@@ -84,7 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:
     if request.url.path == "/invocations":  # MLflow's error shape, for its clients
         return JSONResponse({"error_code": "BAD_REQUEST", "message": str(exc)}, status_code=400)
-    items = "points" if request.url.path.startswith("/v1/streams/") else "records"
+    path = request.url.path
+    items = (
+        "points"
+        if path.startswith("/v1/streams/")
+        else "files"
+        if path == "/v1/score/image"
+        else "records"
+    )
     loc: list[str | int] = ["body", items]
     if exc.row is not None:
         loc.append(exc.row)

@@ -10,17 +10,18 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from anomaly.errors import InputError
-from anomaly.pyfunc import with_results, with_scores
+from anomaly.pyfunc import decode_images, with_results, with_scores
 from anomaly.service import metrics
 from anomaly.service.inputs import parse_invocations, parse_line, records_to_columns
 from anomaly.service.model import ServedModel
 from anomaly.service.schemas import (
     ErrorResponse,
+    ImageResponse,
     ModelInfo,
     PointsRequest,
     PointsResponse,
@@ -105,9 +106,14 @@ def sequence_model(request: Request) -> ServedModel:
     return _model_of_kind(request, "sequence")
 
 
+def image_model(request: Request) -> ServedModel:
+    return _model_of_kind(request, "image")
+
+
 Model = Annotated[ServedModel, Depends(current_model)]
 TableModel = Annotated[ServedModel, Depends(table_model)]
 SequenceModel = Annotated[ServedModel, Depends(sequence_model)]
+ImageModel = Annotated[ServedModel, Depends(image_model)]
 
 
 def _check_count(request: Request, n: int) -> None:
@@ -287,6 +293,62 @@ async def stream_points(
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
+@scoring.post(
+    "/v1/score/image",
+    response_model=ImageResponse,
+    responses=_ERRORS,
+    dependencies=[Depends(require_token)],
+    summary="Score images",
+)
+async def score_images(
+    request: Request,
+    served: ImageModel,
+    files: Annotated[list[UploadFile], File(description="PNG or JPEG images")],
+    maps: Annotated[bool, Query(description="Also return each anomaly map over its image")] = False,
+) -> Response:
+    """Scores, flags and p-values of the uploaded images, in upload order; with ``maps=true``
+    each result carries its anomaly map drawn over the image, as base64 PNG."""
+    _check_count(request, len(files))
+    detector = served.detector
+    encoded = [await f.read() for f in files]
+    images = await asyncio.to_thread(decode_images, detector, encoded)
+    names = [f.filename or str(i) for i, f in enumerate(files)]
+    frame, amaps = await asyncio.to_thread(detector.score_with_maps, images, names, maps=maps)
+    metrics.observe_scores(frame["anomaly_score"].to_numpy(), frame["is_anomaly"].to_numpy())
+    served.drift.update(frame["anomaly_score"].to_numpy(), frame["is_anomaly"].to_numpy())
+    metrics.publish_drift(served.drift)
+    results = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        item = {
+            "name": row.path,
+            "anomaly_score": float(row.anomaly_score),
+            "is_anomaly": bool(row.is_anomaly),
+            "p_value": float(row.p_value),
+        }
+        if amaps is not None:
+            item["map_png"] = _overlay_png(images[i], amaps[i], detector.map_scale_)
+        results.append(item)
+    payload = {
+        "model": {"name": served.ref.name, "version": served.ref.version, "uri": served.ref.uri},
+        "threshold": float(detector.threshold_),
+        "results": results,
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _overlay_png(image: np.ndarray, amap: np.ndarray, vmax: float) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from anomaly.image_maps import overlay
+
+    buffer = io.BytesIO()
+    Image.fromarray(overlay(image, amap, vmax)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 @operations.get("/healthz", summary="Liveness")
 async def healthz() -> dict:
     return {"status": "ok"}
@@ -314,7 +376,11 @@ async def model_info(served: Model) -> dict:
         "target_fpr": detector.target_fpr,
         "trained_at": detector.training_summary_["trained_at"],
         "loaded_at": served.loaded_at,
-        "schema": detector.schema_.to_dict(),
+        "schema": (
+            detector.schema_.to_dict()
+            if hasattr(detector, "schema_")
+            else {"size": list(detector.image_size_), "channels": detector.channels}
+        ),
         "drift": served.drift.snapshot(),
     }
 

@@ -61,6 +61,22 @@ class PointsResponse(BaseModel):
     results: list[PointResult] = Field(description="One per point, in input order")
 
 
+class ImageResult(BaseModel):
+    name: str = Field(description="The uploaded file's name")
+    anomaly_score: float = Field(description="Higher = more anomalous")
+    is_anomaly: bool
+    p_value: float
+    map_png: str | None = Field(
+        None, description="With maps=true: the anomaly map over the image, base64 PNG"
+    )
+
+
+class ImageResponse(BaseModel):
+    model: ModelRefOut
+    threshold: float
+    results: list[ImageResult] = Field(description="One per image, in upload order")
+
+
 class Drift(BaseModel):
     window: int = Field(description="Recent scores compared")
     psi: float | None = Field(description="Population stability index against calibration")
