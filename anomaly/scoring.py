@@ -130,7 +130,8 @@ def score_array(
         padded = -rows % align
         if padded:  # padded where the block is, so a GPU is not sent a block of zeros
             block = torch.cat([block, block.new_zeros(padded, *block.shape[1:])])
-        s, parts = score_batch(model, block, method)
+        with _full_precision():
+            s, parts = score_batch(model, block, method)
         scores[start : start + rows] = s[:rows].cpu().numpy()
         if reduce_parts is not None:
             reduced = reduce_parts(parts[:rows]).cpu().numpy()
@@ -140,3 +141,16 @@ def score_array(
     if reduce_parts is not None and kept is None:  # no rows
         kept = np.empty((0,), dtype=np.float32)
     return scores, kept
+
+
+def _full_precision():
+    """cuDNN's convolutions in float32, not TF32 (its default on recent GPUs): a score is a
+    small difference of large activations, and TF32's 10-bit mantissa moved window scores by
+    a few percent against the CPU's. Training keeps TF32's speed."""
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(
+        enabled=cudnn.enabled,
+        benchmark=cudnn.benchmark,
+        deterministic=cudnn.deterministic,
+        allow_tf32=False,
+    )

@@ -186,8 +186,13 @@ def _graphed(step: Step, batch_size: int, device: torch.device, warm_up: int = 3
             if eager_steps < warm_up:
                 static_loss = step(static_idx)
             else:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=side):
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, stream=side):
+                        static_loss = step(static_idx)
+                except RuntimeError as exc:  # an op of this model cannot be captured
+                    log.warning("training eagerly: the step cannot be a CUDA graph (%s)", exc)
+                    graph, eager_steps = None, -(10**18)  # never try again
                     static_loss = step(static_idx)
         torch.cuda.current_stream(device).wait_stream(side)
         eager_steps += 1

@@ -12,5 +12,8 @@ python3 -c "import torch, pandas, numpy; print('torch', torch.__version__, 'pand
 # GPU-only tests (CI skips them): CUDA-graph training, GPU-trained models on CPU, row independence
 timeout 150 python3 -m pytest --noconftest -p no:cacheprovider -q -rA -s tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt" | tail -25
 # Issue 2's GPU figures: cover tiled to 1M rows, ours and PyOD's AutoEncoder side by side
-timeout 200 python3 -m benchmarks.throughput --data "$data" --device cuda --rows 1000000 \
+timeout 150 python3 -m benchmarks.throughput --data "$data" --device cuda --rows 1000000 \
     --peer-rows 5000 2>&1 | tee "$out/throughput.md"
+# Issue 5's GPU figures: windows/s and images/s, training and scoring
+timeout 200 python3 -m benchmarks.modalities --device cuda --series 4 --points 200000 \
+    --images 60000 --epochs 5 2>&1 | tee "$out/modalities.md"

@@ -3,7 +3,8 @@
 train and register in MLflow -> list the registry -> batch-score a CSV by alias -> evaluate on
 labelled rows -> serve the champion over HTTP: score records, stream NDJSON, read the metrics
 -> retrain on drifted normal rows while serving: the gate promotes the challenger and the
-service switches to it.
+service switches to it -> time series: train a window model, score a file per point, serve it
+and stream points.
 Everything lands in ./demo-output (MLflow's default store, mlflow.db, included: the commands
 run there); the last lines say where to look.
 """
@@ -23,10 +24,11 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from anomaly.datasets import make_service_metrics
+from anomaly.datasets import make_metric_series, make_service_metrics
 
 OUT = Path("demo-output")
 NAME = "service-metrics"
+SERIES = "host-series"
 
 
 def run(*args: str) -> None:
@@ -63,38 +65,47 @@ def main() -> None:
     top = scored.nlargest(5, "anomaly_score")[[*columns, "anomaly_score", "top_features"]]
     print("\nthe five most anomalous rows:\n" + top.to_string(index=False))
     serve_and_stream(pd.read_csv(OUT / "new.csv"))
+    time_series()
     print(
         f"\nwhere to look:\n"
         f"  {OUT}/scored.csv        every input row with anomaly_score, is_anomaly, p_value, "
         "top_features\n"
+        f"  {OUT}/scored_series.csv every point of every host with its score\n"
         f"  {OUT}/model/            the model directory (detector.json + weights.safetensors)\n"
         f"  anomaly serve --model models:/{NAME}@champion   then http://127.0.0.1:8000/docs "
         f"(run in {OUT})\n"
         f"  cd {OUT} && ../.venv/bin/mlflow ui\n"
         "                          runs with losses and plots (loss curve, calibration histogram,\n"
         f"                          latent projection, ROC/PR), the registered model {NAME}\n"
-        "                          (v2 = the retrained champion; its run has gate.txt)"
+        "                          (v2 = the retrained champion; its run has gate.txt), and\n"
+        f"                          {SERIES}, the time-series model"
     )
 
 
-def serve_and_stream(rows: pd.DataFrame) -> None:
+def start_service(name: str) -> tuple[subprocess.Popen, str]:
+    """``anomaly serve`` of the champion of ``name`` on a free port, once it is ready."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    args = ["serve", "--model", f"models:/{NAME}@champion", "--port", str(port),
+    args = ["serve", "--model", f"models:/{name}@champion", "--port", str(port),
             "--reload-interval", "2", "--log-level", "warning"]  # fmt: skip
     print(f"\n$ {shlex.join(['anomaly', *args])} &", flush=True)
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([str(bin_dir / "anomaly"), *args], cwd=OUT, env=env)
+    for _ in range(120):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    return server, url
+
+
+def serve_and_stream(rows: pd.DataFrame) -> None:
+    server, url = start_service(NAME)
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         model = httpx.get(f"{url}/v1/model").json()
         print(f"GET /v1/model -> {model['name']} v{model['version']} ({model['alias']}), "
               f"threshold {model['threshold']:.4g}")  # fmt: skip
@@ -143,6 +154,51 @@ def retrain_while_serving(url: str) -> None:
             break
         time.sleep(0.5)
     print(f"GET /v1/model -> the running service now serves {NAME} v{version}")
+
+
+def time_series() -> None:
+    """Three hosts' readings: a window model learns normal shapes; a file is scored per point,
+    and a stream gets a score as each point arrives."""
+    make_metric_series(3000, 3, seed=0).to_csv(OUT / "series.csv", index=False)
+    fresh = make_metric_series(600, 3, anomalies=(300,), seed=1, shuffle=False)
+    fresh.to_csv(OUT / "new_series.csv", index=False)
+    print(
+        f"\ngenerated {OUT}/series.csv (3 hosts x 3,000 normal points, a minute apart) and "
+        "new_series.csv (600 more points each, a level shift at point 300)"
+    )
+    run("train", "series.csv", "--modality", "sequence", "--timestamp-col", "timestamp",
+        "--series-col", "host", "--exclude", "label", "--model", "ae", "--window", "32",
+        "--epochs", "30", "--register", SERIES)  # fmt: skip
+    run("score", "new_series.csv", "--model", f"models:/{SERIES}@champion", "--out",
+        "scored_series.csv")  # fmt: skip
+    scored = pd.read_csv(OUT / "scored_series.csv")
+    shift = scored["label"] == 1
+    print(
+        f"points flagged: {scored.loc[shift, 'is_anomaly'].mean():.0%} of the level shift, "
+        f"{scored.loc[~shift, 'is_anomaly'].mean():.2%} of the other points"
+    )
+    server, url = start_service(SERIES)
+    try:
+        host = fresh[fresh["host"] == "h0"].assign(
+            timestamp=lambda f: f["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+        )
+        results = []
+        for start in range(0, len(host), 50):  # a collector sending 50 points at a time
+            points = host.iloc[start : start + 50][["timestamp", "value"]]
+            answer = httpx.post(
+                f"{url}/v1/streams/h0/points", json={"points": points.to_dict(orient="records")}
+            )
+            results += answer.json()["results"]
+        first = next(r for r in results if r["is_anomaly"])
+        print(
+            f"POST /v1/streams/h0/points (600 points, 50 a request) -> the first "
+            f"{results[0]['reason']!r}; first flagged point {first['timestamp']} "
+            f"(the shift starts at {host['timestamp'].iloc[300]}), score "
+            f"{first['anomaly_score']:.4g}, p {first['p_value']:.3g}"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

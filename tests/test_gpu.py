@@ -5,6 +5,9 @@ Run there with ``pytest --noconftest tests/test_gpu.py``: the shared conftest ne
 
 from __future__ import annotations
 
+import functools
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +78,43 @@ def test_gpu_scores_do_not_depend_on_the_other_rows(model, rows):
     everything = det.score_samples(big)
     for start, stop in [(0, 1), (0, 7), (100, 1_000), (262_140, 262_150)]:
         np.testing.assert_array_equal(det.score_samples(big[start:stop]), everything[start:stop])
+
+
+@pytest.mark.parametrize("kind", ["sequence", "image"])
+def test_conv_models_train_on_gpu_as_graphs_and_load_on_cpu(kind, tmp_path):
+    """Window and image models: a CUDA-graph fit reaches the eager fit's loss, and the model
+    trained on the GPU scores the same on the CPU."""
+    from anomaly.datasets import make_metric_series
+    from anomaly.image import ImageDetector
+    from anomaly.sequence import SequenceDetector
+
+    if kind == "sequence":
+        data = make_metric_series(1500, 2, seed=0)
+        test = make_metric_series(400, 2, anomalies=(200,), seed=1)
+
+        def make(**kw):
+            return SequenceDetector(series_col="host", exclude=["label"], window=24, **kw)
+    else:
+        rng = np.random.default_rng(0)
+        y, x = np.mgrid[0:16, 0:16] / 16
+        data = np.clip(0.5 * (x + y) + rng.uniform(-0.2, 0.2, (600, 1, 1)), 0, 1)[:, None]
+        data = data.astype(np.float32)
+        test = data[:50].copy()
+        test[:10, :, 4:8, 4:8] = 1.0
+
+        def make(**kw):
+            return ImageDetector(size=16, **kw)
+
+    losses = {}
+    for graphed in (False, True):
+        det = make(epochs=8, patience=100, device="cuda")
+        config = functools.partial(TrainConfig, cuda_graph=graphed)
+        with mock.patch(f"anomaly.{kind}.TrainConfig", config):
+            det.fit(data)
+        losses[graphed] = det.history_["val_loss"][-1]
+    print(f"{kind}: eager {losses[False]:.6g}, graph {losses[True]:.6g}")
+    np.testing.assert_allclose(losses[True], losses[False], rtol=0.05)
+    on_gpu = det.score_samples(test)
+    det.save(tmp_path / "m")
+    on_cpu = type(det).load(tmp_path / "m").score_samples(test)
+    np.testing.assert_allclose(on_cpu, on_gpu, rtol=1e-3, atol=1e-6)
