@@ -6,10 +6,10 @@ of ``window`` observations; a window autoencoder learns normal windows.
 
 Scores, higher = more anomalous:
 
-- a **point's score** (``score(frame)``, what ``anomaly score`` writes) is the mean, over every
-  window that covers the point, of the error the model makes at that point in that window: its
-  per-step share of the window's reconstruction error (or, for a VAE, of the standardised
-  error at the posterior mean). It uses the points after it too.
+- a **point's score** (``score(frame)``, what ``anomaly score`` writes) is the mean of the
+  scores of every window that covers the point. It uses the points after it too. (On NAB this
+  ranked anomalies better than the window score alone and than the model's error at the point
+  itself: BENCHMARKS.md.)
 - a **window's score** (``score(frame, by="window")``, what a stream answers) belongs to the
   window's last point: reconstruction error or negative ELBO of the window that ends there. It
   uses only the past, so a stream can answer as each point arrives.
@@ -227,9 +227,9 @@ class SequenceDetector:
             )
         if len(cal_starts) == 0:
             raise InputError(
-                f"the calibration part of each series (the last {self.calibration_fraction:.0%})"
-                f" is shorter than one window of {self.window} points: give longer series, a "
-                "larger calibration_fraction or a shorter window"
+                f"the calibration part of the series (the last {self.calibration_fraction:.0%} "
+                f"of each) holds no gap-free stretch of one window ({self.window} points): "
+                "give longer series, a larger calibration_fraction or a shorter window"
             )
 
         torch.manual_seed(self.seed)
@@ -343,18 +343,13 @@ class SequenceDetector:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores of the windows at ``starts`` and point scores (NaN where uncovered)."""
         x = segments.windows(starts, self.window)
-        window_scores, steps = score_array(
-            self.module_,
-            x,
-            self._score_method(),
-            self.device_,
-            reduce_parts=lambda parts: parts.sum(dim=1),  # (N, W): summed over value columns
-        )
+        window_scores, _ = score_array(self.module_, x, self._score_method(), self.device_)
         n = len(segments.values)
         if len(starts) == 0:
             return window_scores, np.full(n, np.nan, dtype=np.float32)
         where = (starts[:, None] + np.arange(self.window)).ravel()
-        total = np.bincount(where, weights=steps.ravel().astype(np.float64), minlength=n)
+        weights = np.repeat(window_scores.astype(np.float64), self.window)
+        total = np.bincount(where, weights=weights, minlength=n)
         count = np.bincount(where, minlength=n)
         with np.errstate(invalid="ignore", divide="ignore"):
             points = (total / count).astype(np.float32)  # NaN where no window covers
@@ -448,18 +443,24 @@ def _as_frame(frame: pd.DataFrame) -> pd.DataFrame:
 def _split_in_time(
     segments: Segments, val_fraction: float, cal_fraction: float
 ) -> tuple[Segments, Segments, Segments]:
-    """Each segment cut in time into training, validation and calibration parts (in that
-    order), so no window of one part overlaps another."""
+    """Each series cut in time into training, validation and calibration parts (in that
+    order: the last ``cal_fraction`` of its points calibrate); each part keeps the series'
+    gaps, and no window of one part overlaps another."""
     parts: list[list[tuple[int, int]]] = [[], [], []]
     series: list[list] = [[], [], []]
-    for (start, stop), name in zip(segments.bounds, segments.series, strict=True):
-        n = stop - start
+    names = np.asarray(segments.series, dtype=object)
+    for name in pd.unique(names):
+        mine = segments.bounds[names == name]  # consecutive in sorted positions
+        first, last = int(mine[0, 0]), int(mine[-1, 1])
+        n = last - first
         n_cal, n_val = round(cal_fraction * n), round(val_fraction * n)
-        cuts = [start, stop - n_cal - n_val, stop - n_cal, stop]
-        for i in range(3):
-            if cuts[i + 1] > cuts[i]:
-                parts[i].append((cuts[i], cuts[i + 1]))
-                series[i].append(name)
+        cuts = [first, last - n_cal - n_val, last - n_cal, last]
+        for start, stop in mine:
+            for i in range(3):
+                a, b = max(start, cuts[i]), min(stop, cuts[i + 1])
+                if b > a:
+                    parts[i].append((a, b))
+                    series[i].append(name)
     return tuple(
         Segments(
             segments.values,
