@@ -203,12 +203,14 @@ def test_a_promotion_is_followed_and_every_metric_in_rules_and_dashboard_is_scra
 
 
 # As Kubernetes runs the image: the root read-only, /tmp and /var/cache writable (emptyDirs).
+# The writable places are /var/tmp and /var/cache, not /tmp: a clone (and its .venv) may
+# itself live under /tmp, and a tmpfs there would hide it.
 READ_ONLY_ROOT = """
 mount --make-rprivate /
 mount -o remount,bind,ro /
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 mount -t tmpfs tmpfs /var/cache
-mkdir /tmp/metrics
+mkdir /var/tmp/metrics
 exec "$@"
 """
 
@@ -217,13 +219,13 @@ def test_the_service_runs_on_a_read_only_root_filesystem(stack, tmp_path):
     if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare --mount is not permitted here (it needs root)")
     port = free_port()
-    # One worker, as above; its metrics files go under /tmp, where `anomaly serve --workers N`
-    # puts them (PROMETHEUS_MULTIPROC_DIR).
+    # One worker, as above; its metrics files go under the writable temporary directory, where
+    # `anomaly serve --workers N` puts them (PROMETHEUS_MULTIPROC_DIR).
     env = {**stack.env, "MLFLOW_TRACKING_URI": stack.mlflow, "ANOMALY_PORT": str(port),
            "ANOMALY_HOST": "127.0.0.1", "ANOMALY_MODEL_URI": f"models:/{NAME}@champion",
-           "ANOMALY_CACHE_DIR": "/var/cache/anomaly", "MPLCONFIGDIR": "/tmp/matplotlib",
-           "PYTHONDONTWRITEBYTECODE": "1", "ANOMALY_LOG_LEVEL": "info",
-           "ANOMALY_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics",
+           "ANOMALY_CACHE_DIR": "/var/cache/anomaly", "MPLCONFIGDIR": "/var/tmp/matplotlib",
+           "PYTHONDONTWRITEBYTECODE": "1", "ANOMALY_LOG_LEVEL": "info", "TMPDIR": "/var/tmp",
+           "ANOMALY_WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": "/var/tmp/metrics",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     entrypoint = str(DEPLOY / "docker-entrypoint.sh")
     command = ["unshare", "--mount", "sh", "-c", READ_ONLY_ROOT, "sh", entrypoint]
@@ -231,7 +233,7 @@ def test_the_service_runs_on_a_read_only_root_filesystem(stack, tmp_path):
     try:
         mounts = {line.split()[4]: line.split()[5] for line in
                   Path(f"/proc/{proc.pid}/mountinfo").read_text().splitlines()}  # fmt: skip
-        assert mounts["/"].startswith("ro,") and mounts["/tmp"].startswith("rw,")
+        assert mounts["/"].startswith("ro,") and mounts["/var/tmp"].startswith("rw,")
         url = f"http://127.0.0.1:{port}"
         answer = httpx.post(f"{url}/v1/score", json={"records": records(50)},
                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)  # fmt: skip
