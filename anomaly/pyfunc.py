@@ -104,42 +104,31 @@ def _load_pyfunc(data_path: str) -> DetectorModel:
 
 
 def signature(detector: Detector):
-    """Input: every column the detector was trained beside; output: the result columns.
+    """Input: the columns the detector reads; output: the result columns.
 
     Input types are ``any``: the detector checks values itself, accepts what ``anomaly score``
     accepts (numbers as integers, floats or text) and names the column and row of a bad value.
-    Trained columns are required; ignored ones (excluded, all missing at fit) are optional, so
-    that they pass through to the output as they do in ``anomaly score``.
+    For a table, trained columns are required and ignored ones (excluded, all missing at fit)
+    optional, so that they pass through to the output as they do in ``anomaly score``. A
+    sequence model reads its time, series and value columns; an image model its ``image``
+    column.
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
+    outputs = [
+        ColSpec("float", "anomaly_score"),
+        ColSpec("boolean", "is_anomaly"),
+        ColSpec("double", "p_value"),
+    ]
     if detector.kind == "image":
-        inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN)])
-        outputs = [
-            ColSpec("float", "anomaly_score"),
-            ColSpec("boolean", "is_anomaly"),
-            ColSpec("double", "p_value"),
-        ]
-        return ModelSignature(inputs=inputs, outputs=Schema(outputs))
-    if detector.kind == "sequence":
+        inputs = [ColSpec(AnyType(), IMAGE_COLUMN)]
+    elif detector.kind == "sequence":
         schema = detector.schema_
         names = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
-        outputs = [
-            ColSpec("float", "anomaly_score"),
-            ColSpec("boolean", "is_anomaly"),
-            ColSpec("double", "p_value"),
-        ]
-        inputs = Schema([ColSpec(AnyType(), name) for name in names])
-        return ModelSignature(inputs=inputs, outputs=Schema(outputs))
-    inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
-    inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]
-    outputs = Schema(
-        [
-            ColSpec("float", "anomaly_score"),
-            ColSpec("boolean", "is_anomaly"),
-            ColSpec("double", "p_value"),
-            ColSpec("string", "top_features"),
-        ]
-    )
-    return ModelSignature(inputs=Schema(inputs), outputs=outputs)
+        inputs = [ColSpec(AnyType(), name) for name in names]
+    else:
+        inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
+        inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]
+        outputs.append(ColSpec("string", "top_features"))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
