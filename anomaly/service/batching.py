@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from anomaly.service import metrics
 from anomaly.service.model import ServedModel
 
 
@@ -107,10 +106,7 @@ def _score(jobs: list[_Job]) -> list[dict]:
             name: np.concatenate([job.columns[name] for job in jobs]) for name in jobs[0].columns
         }
     result = detector.score_columns(columns)
-    metrics.observe_scores(result["anomaly_score"], result["is_anomaly"])
-    drift = jobs[0].served.drift
-    drift.update(result["anomaly_score"], result["is_anomaly"])
-    metrics.publish_drift(drift)
+    jobs[0].served.record(result["anomaly_score"], result["is_anomaly"])
     out, start = [], 0
     for job in jobs:
         end = start + job.rows

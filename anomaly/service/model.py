@@ -7,6 +7,8 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from anomaly import registry
 from anomaly.detector import Detector
 from anomaly.drift import ScoreDrift
@@ -33,6 +35,17 @@ class ServedModel:
             if self.ref.uri.startswith("models:/") and "@" in target
             else None
         )
+
+    @property
+    def identity(self) -> dict:
+        """What answers say about the model that scored them."""
+        return {"name": self.ref.name, "version": self.ref.version, "uri": self.ref.uri}
+
+    def record(self, scores: np.ndarray, flagged: np.ndarray) -> None:
+        """Count scored records in the metrics and feed this version's drift window."""
+        metrics.observe_scores(scores, flagged)
+        self.drift.update(scores, flagged)
+        metrics.publish_drift(self.drift)
 
 
 class ModelHolder:

@@ -135,7 +135,7 @@ async def score(body: ScoreRequest, request: Request, served: TableModel) -> Res
     columns = records_to_columns(served.detector, body.records)
     result = await request.app.state.batcher.score(served, columns, len(body.records))
     payload = {
-        "model": {"name": served.ref.name, "version": served.ref.version, "uri": served.ref.uri},
+        "model": served.identity,
         "threshold": float(served.detector.threshold_),
         "results": _results(result),
     }
@@ -269,9 +269,7 @@ async def stream_points(
     streams = request.app.state.streams
     pushed = await asyncio.to_thread(streams.update, stream_id, detector, times, values)
     result = await asyncio.to_thread(detector.score_windows, pushed.windows)
-    metrics.observe_scores(result["anomaly_score"], result["is_anomaly"])
-    served.drift.update(result["anomaly_score"], result["is_anomaly"])
-    metrics.publish_drift(served.drift)
+    served.record(result["anomaly_score"], result["is_anomaly"])
     results = []
     for point, row, reason in zip(body.points, pushed.row, pushed.reasons, strict=True):
         scored = row >= 0
@@ -285,7 +283,7 @@ async def stream_points(
             }
         )
     payload = {
-        "model": {"name": served.ref.name, "version": served.ref.version, "uri": served.ref.uri},
+        "model": served.identity,
         "threshold": float(detector.window_calibrator_.threshold_),
         "stream_id": stream_id,
         "results": results,
@@ -314,9 +312,7 @@ async def score_images(
     images = await asyncio.to_thread(decode_images, detector, encoded)
     names = [f.filename or str(i) for i, f in enumerate(files)]
     frame, amaps = await asyncio.to_thread(detector.score_with_maps, images, names, maps=maps)
-    metrics.observe_scores(frame["anomaly_score"].to_numpy(), frame["is_anomaly"].to_numpy())
-    served.drift.update(frame["anomaly_score"].to_numpy(), frame["is_anomaly"].to_numpy())
-    metrics.publish_drift(served.drift)
+    served.record(frame["anomaly_score"].to_numpy(), frame["is_anomaly"].to_numpy())
     results = []
     for i, row in enumerate(frame.itertuples(index=False)):
         item = {
@@ -329,7 +325,7 @@ async def score_images(
             item["map_png"] = _overlay_png(images[i], amaps[i], detector.map_scale_)
         results.append(item)
     payload = {
-        "model": {"name": served.ref.name, "version": served.ref.version, "uri": served.ref.uri},
+        "model": served.identity,
         "threshold": float(detector.threshold_),
         "results": results,
     }
