@@ -355,12 +355,8 @@ def serve(
     os.environ["ANOMALY_MODEL_URI"] = model
     if reload_interval is not None:
         os.environ["ANOMALY_RELOAD_INTERVAL"] = str(reload_interval)
-    if workers > 1:
-        os.environ.setdefault(
-            "ANOMALY_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers))
-        )
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # metrics summed over workers
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-metrics-")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # summed over workers
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-metrics-")
     from anomaly import registry
     from anomaly.persistence import read_kind
     from anomaly.service.settings import Settings

@@ -433,15 +433,13 @@ class Detector:
         n_top = min(n_top, n_columns)
         if n == 0:
             return pa.array([], pa.string())
-        top = torch.topk(torch.from_numpy(relevance), n_top, dim=1).indices.numpy()  # (n, n_top)
+        top = np.argsort(-relevance, axis=1, kind="stable")[:, :n_top]  # ties: leftmost first
         # Few distinct rankings occur: build each one's text once, then index.
-        codes = np.ravel_multi_index(tuple(top.T), (n_columns,) * n_top)
-        distinct, inverse = np.unique(codes, return_inverse=True)
-        names = self.schema_.names
-        text = [
-            ";".join(names[i] for i in np.unravel_index(code, (n_columns,) * n_top))
-            for code in distinct
-        ]
+        shape = (n_columns,) * n_top
+        distinct, inverse = np.unique(np.ravel_multi_index(tuple(top.T), shape), return_inverse=True)
+        rankings = np.stack(np.unravel_index(distinct, shape), axis=1)  # (n_distinct, n_top)
+        names = np.asarray(self.schema_.names, dtype=object)[rankings]
+        text = [";".join(ranking) for ranking in names.tolist()]
         return pa.array(text, pa.string()).take(pa.array(inverse.ravel()))
 
     def _check_fitted(self) -> None:

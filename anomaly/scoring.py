@@ -19,6 +19,7 @@ maps latents of shape (..., L) to reconstructions of shape (..., *x.shape[1:]), 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -54,14 +55,17 @@ def score_batch(
         return parts.flatten(1).sum(dim=1), parts
     assert is_vae(model), f"{method!r} scores need a VAE"
     mu, logvar = model.encode(x)
-    # Parts: the squared standardised error at the posterior mean, so that features are ranked
-    # by how far off they are, not by their learned scale.
-    parts = 0.5 * ((x - model.decode(mu)) * torch.exp(-model.log_scale)) ** 2
     eps = model.eps.unsqueeze(0)  # (1, K, L)
     z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, K, L)
+    # The posterior mean and the K samples go through the decoder in one pass (at a batch of
+    # one row, a pass costs its operations' overhead, not their arithmetic).
+    decoded = model.decode(torch.cat([mu.unsqueeze(1), z], dim=1))  # (B, 1 + K, ...)
+    # Parts: the squared standardised error at the posterior mean, so that features are ranked
+    # by how far off they are, not by their learned scale.
+    parts = 0.5 * ((x - decoded[:, 0]) * torch.exp(-model.log_scale)) ** 2
     # Samples on the inner axis: every reduction below runs along contiguous memory, which
     # keeps a row's result independent of how many rows are scored with it.
-    nll = gaussian_nll(x.unsqueeze(1), model.decode(z), model.log_scale)  # (B, K, ...)
+    nll = gaussian_nll(x.unsqueeze(1), decoded[:, 1:], model.log_scale)  # (B, K, ...)
     log_px_z = -nll.flatten(2).sum(dim=2)  # (B, K)
     if method == "elbo":
         return -log_px_z.mean(dim=1) + kl_to_standard_normal(mu, logvar), parts
@@ -106,7 +110,7 @@ def scoring_blocks(device: torch.device, row_size: int = 1) -> tuple[int, int]:
     return min(65_536, max(16, (1 << 20) // row_size // 16 * 16)), 16
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_array(
     model: torch.nn.Module,
     x: np.ndarray,
@@ -130,7 +134,7 @@ def score_array(
         padded = -rows % align
         if padded:  # padded where the block is, so a GPU is not sent a block of zeros
             block = torch.cat([block, block.new_zeros(padded, *block.shape[1:])])
-        with _full_precision():
+        with _full_precision(device):
             s, parts = score_batch(model, block, method)
         scores[start : start + rows] = s[:rows].cpu().numpy()
         if reduce_parts is not None:
@@ -143,10 +147,12 @@ def score_array(
     return scores, kept
 
 
-def _full_precision():
+def _full_precision(device: torch.device):
     """cuDNN's convolutions in float32, not TF32 (its default on recent GPUs): a score is a
     small difference of large activations, and TF32's 10-bit mantissa moved window scores by
     a few percent against the CPU's. Training keeps TF32's speed."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
     cudnn = torch.backends.cudnn
     return cudnn.flags(
         enabled=cudnn.enabled,

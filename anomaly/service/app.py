@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -37,14 +39,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.torch_threads)
         holder = ModelHolder(
             settings.model_uri, settings.device, settings.drift_window, settings.drift_level
         )
         await asyncio.to_thread(holder.load)
+        # What start-up made (modules, the model) lives as long as the process: moved out of
+        # the collector's sight, so that a full collection does not stall requests to scan it.
+        gc.collect()
+        gc.freeze()
         batcher = Batcher(settings.batch_wait_ms / 1000, settings.batch_max_records)
         batcher.start()
         app.state.holder, app.state.batcher = holder, batcher

@@ -25,6 +25,20 @@ class RecordError(InputError):
     """A record without a trained field, or with a field the model does not know."""
 
 
+def parse_records(body: bytes) -> list[dict[str, Any]]:
+    """The records of a ``/v1/score`` body, ``{"records": [{...}, ...]}``."""
+    data = _loads(body)
+    if not isinstance(data, dict) or "records" not in data:
+        raise InputError('the JSON body must be an object with a "records" list')
+    records = data["records"]
+    if not isinstance(records, list) or not records:
+        raise InputError('"records" must be a non-empty list of objects')
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise RecordError(f"record {i}: expected an object (column name to value)", row=i)
+    return records
+
+
 def records_to_columns(detector: Detector, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Check each record's fields, then its values; raises :class:`InputError` naming both."""
     schema = detector.schema_

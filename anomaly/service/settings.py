@@ -44,4 +44,10 @@ class Settings(BaseSettings):
         "replicas; otherwise they live in each process",
     )
     device: str = Field("cpu", description="Torch device for scoring")
-    torch_threads: int | None = Field(None, gt=0, description="Torch threads per worker")
+    torch_threads: int = Field(
+        1,
+        gt=0,
+        description="Torch threads per worker. One: a worker scores one batch at a time, and "
+        "more threads spin between small operations, taking the cores the workers and the "
+        "event loop need; add workers for more cores",
+    )
