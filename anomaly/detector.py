@@ -436,7 +436,8 @@ class Detector:
         top = np.argsort(-relevance, axis=1, kind="stable")[:, :n_top]  # ties: leftmost first
         # Few distinct rankings occur: build each one's text once, then index.
         shape = (n_columns,) * n_top
-        distinct, inverse = np.unique(np.ravel_multi_index(tuple(top.T), shape), return_inverse=True)
+        codes = np.ravel_multi_index(tuple(top.T), shape)
+        distinct, inverse = np.unique(codes, return_inverse=True)
         rankings = np.stack(np.unravel_index(distinct, shape), axis=1)  # (n_distinct, n_top)
         names = np.asarray(self.schema_.names, dtype=object)[rankings]
         text = [";".join(ranking) for ranking in names.tolist()]

@@ -20,7 +20,6 @@ import numpy as np
 
 from anomaly.service.model import ServedModel
 
-
 # A batch this small is scored on the event loop: it takes less time than the two thread
 # hand-offs (each a wake-up of an idle core) it would otherwise cost. Larger batches go to the
 # scoring thread, so that the loop goes on reading requests while they are scored.
