@@ -433,7 +433,7 @@ class Detector:
         n_top = min(n_top, n_columns)
         if n == 0:
             return pa.array([], pa.string())
-        top = np.argsort(-relevance, axis=1, kind="stable")[:, :n_top]  # ties: leftmost first
+        top = torch.topk(torch.from_numpy(relevance), n_top, dim=1).indices.numpy()  # (n, n_top)
         # Few distinct rankings occur: build each one's text once, then index.
         shape = (n_columns,) * n_top
         codes = np.ravel_multi_index(tuple(top.T), shape)
