@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent requests share one forward pass.
 
 Requests put their (already validated) columns on a queue. One task takes the first waiting
-request and everything else already queued (up to ``max_records``), scores them together in a
-worker thread, and hands each request its slice. While a batch is being scored the next one
+request and everything else already queued (up to ``max_records``), scores them together (a
+batch of more than a few rows in a worker thread, so that the event loop goes on reading
+requests), and hands each request its slice. While a batch is being scored the next one
 gathers, so under load batches grow by themselves. When the last batch was shared (the service
 is busy), the next one also waits up to ``max_wait`` after its first request's arrival for
 more; a lone request on an idle service is scored at once. Scores do not
@@ -21,8 +22,7 @@ import numpy as np
 from anomaly.service.model import ServedModel
 
 # A batch this small is scored on the event loop: it takes less time than the two thread
-# hand-offs (each a wake-up of an idle core) it would otherwise cost. Larger batches go to the
-# scoring thread, so that the loop goes on reading requests while they are scored.
+# hand-offs (each a wake-up of an idle core) it would otherwise cost.
 _INLINE_ROWS = 64
 
 

@@ -9,7 +9,6 @@ answers it.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 from prometheus_client import (
@@ -78,17 +77,9 @@ def observe_scores(scores: np.ndarray, flagged: np.ndarray) -> None:
     SCORE._sum.inc(float(finite.sum()))
 
 
-_DRIFT_EVERY_S = 1.0
-_drift_published = 0.0
-
-
 def publish_drift(drift) -> None:
-    """Refresh the drift gauges, at most once a second (a snapshot sorts the window)."""
-    global _drift_published
-    now = time.monotonic()
-    if now - _drift_published < _DRIFT_EVERY_S:
-        return
-    _drift_published = now
+    """Set the drift gauges from a snapshot (which sorts the window: done at scrape time, not
+    per request). In multiprocess mode the gauges show the scraped worker's traffic."""
     snapshot = drift.snapshot()
     if snapshot["psi"] is not None:
         SCORE_DRIFT.set(snapshot["psi"])

@@ -45,7 +45,6 @@ class ServedModel:
         """Count scored records in the metrics and feed this version's drift window."""
         metrics.observe_scores(scores, flagged)
         self.drift.update(scores, flagged)
-        metrics.publish_drift(self.drift)
 
 
 class ModelHolder:

@@ -402,7 +402,10 @@ async def model_info(served: Model) -> dict:
 
 
 @operations.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(request: Request) -> Response:
+    served = request.app.state.holder.current
+    if served is not None:
+        metrics.publish_drift(served.drift)
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
 
