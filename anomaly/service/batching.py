@@ -4,9 +4,10 @@ Requests put their (already validated) columns on a queue. One task takes the fi
 request and everything else already queued (up to ``max_records``), scores them together (a
 batch of more than a few rows in a worker thread, so that the event loop goes on reading
 requests), and hands each request its slice. While a batch is being scored the next one
-gathers, so under load batches grow by themselves. When the last batch was shared (the service
-is busy), the next one also waits up to ``max_wait`` after its first request's arrival for
-more; a lone request on an idle service is scored at once. Scores do not
+gathers, so under load batches grow by themselves. A batch also waits up to ``max_wait``
+after its first request's arrival, but only until it serves as many requests as the last one
+did: a lone request on an idle service is scored at once, and so are clients that keep in
+step (their batch is complete when they have all arrived). Scores do not
 depend on batch company (rows are scored in padded blocks), so batching never changes a result.
 """
 
@@ -43,7 +44,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._task: asyncio.Task | None = None
         self.batches = 0  # forward passes run, for tests and logs
-        self._busy = False  # the last batch served more than one request
+        self._last_jobs = 1  # requests the last batch served: the company to expect
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batcher")
@@ -75,7 +76,7 @@ class Batcher:
                         job.future.set_exception(exc)
                 continue
             self.batches += 1
-            self._busy = len(jobs) > 1
+            self._last_jobs = len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():  # the client may have gone
                     job.future.set_result(result)
@@ -84,10 +85,12 @@ class Batcher:
         first = self._held or await self._queue.get()
         self._held = None
         jobs, rows = [first], first.rows
-        deadline = first.arrived + (self.max_wait_s if self._busy else 0.0)
+        deadline = first.arrived + self.max_wait_s
         while rows < self.max_records:
             try:
                 if self._queue.empty():
+                    if len(jobs) >= self._last_jobs:  # as many as last time: go
+                        break
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
