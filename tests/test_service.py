@@ -127,6 +127,9 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     assert client.post("/v1/score", json={"records": []}).status_code == 422
     assert client.post("/v1/score", json={"rows": []}).status_code == 422
     record = records_of(rows.head(1))[0]
+    answer = client.post("/v1/score", json={"records": [record, 7]})
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", "records", 1]
     text = json.dumps({"records": [{**record, "cpu": float("inf")}]})  # Python writes Infinity
     answer = client.post("/v1/score", content=text, headers={"Content-Type": "application/json"})
     assert answer.status_code == 422
