@@ -6,9 +6,7 @@ through :meth:`Detector.score`; none re-implements a step of it.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,11 @@ import torch
 
 from anomaly.calibration import Calibrator
 from anomaly.data.tabular import TabularSchema
-from anomaly.errors import InputError, NotFittedError
+from anomaly.errors import InputError
+from anomaly.estimator import AutoencoderDetector
 from anomaly.models import DenseAE, DenseVAE
-from anomaly.persistence import load_model_dir, save_model_dir
 from anomaly.preprocessing import TabularPreprocessor
 from anomaly.scoring import SCORE_METHODS, score_array
-from anomaly.training import TrainConfig, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +29,7 @@ RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value", "top_features")
 _MIN_TRAIN_ROWS = 10
 
 
-class Detector:
+class Detector(AutoencoderDetector):
     """Anomaly detector for tables, trained on normal rows only.
 
     Scores are **higher = more anomalous**. A row is flagged when its score is above a threshold
@@ -90,6 +87,30 @@ class Detector:
     """
 
     kind = "tabular"
+    _param_names = (
+        "model",
+        "hidden",
+        "latent",
+        "dropout",
+        "denoise",
+        "beta",
+        "score_method",
+        "n_samples",
+        "exclude",
+        "max_categories",
+        "target_fpr",
+        "threshold_method",
+        "calibration_fraction",
+        "validation_fraction",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "patience",
+        "seed",
+        "device",
+        "progress",
+    )
 
     def __init__(
         self,
@@ -141,13 +162,6 @@ class Detector:
         self.progress = progress
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict:
-        params = {k: getattr(self, k) for k in _PARAM_NAMES}
-        params["score"] = params.pop("score_method")
-        params["exclude"] = list(params["exclude"])
-        params["hidden"] = None if self.hidden is None else list(self.hidden)
-        return params
-
     def _check_params(self) -> None:
         if self.model not in MODELS:
             raise InputError(f"unknown model {self.model!r}; choose one of {MODELS}")
@@ -166,11 +180,6 @@ class Detector:
         for name in ("epochs", "n_samples", "patience", "max_categories"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    def _score_method(self) -> str:
-        if self.score_method is not None:
-            return self.score_method
-        return "elbo" if self.model == "vae" else "reconstruction"
 
     def _architecture(self, n_features: int) -> dict:
         """Layer sizes, chosen from the input width unless given."""
@@ -273,24 +282,8 @@ class Detector:
             arch = warm_start_from.architecture_
             module = self._build_module(arch)
             module.load_state_dict(warm_start_from.module_.state_dict())
-        device = resolve_device(self.device)
-        config = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            denoise=self.denoise,
-            beta=self.beta,
-            seed=self.seed,
-            progress=self.progress,
-        )
-        started = time.perf_counter()
-        history = train(module, x_train, x_val, config, device)
-        train_seconds = time.perf_counter() - started
-
-        self.schema_, self.preprocessor_, self.module_ = schema, preprocessor, module
-        self.architecture_, self.history_, self.device_ = arch, history, device
+        run = self._train(module, x_train, x_val)
+        self.schema_, self.preprocessor_, self.architecture_ = schema, preprocessor, arch
         self._to_columns = None
         cal_scores, cal_parts = self._score_matrix(preprocessor.transform(cal_columns))
         # Columns are ranked by how unusual their error is for them: a column that is hard to
@@ -300,13 +293,10 @@ class Detector:
             cal_scores
         )
         self.training_summary_ = {
-            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "n_train": len(train_idx),
             "n_validation": len(val_idx),
             "n_calibration": len(cal_scores),
-            "epochs_run": len(history["train_loss"]),
-            "train_seconds": round(train_seconds, 3),
-            "device": str(device),
+            **run,
         }
         return self
 
@@ -443,73 +433,26 @@ class Detector:
         text = [";".join(ranking) for ranking in names.tolist()]
         return pa.array(text, pa.string()).take(pa.array(inverse.ravel()))
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "calibrator_"):
-            raise NotFittedError("this Detector is not fitted yet: call fit() or Detector.load()")
-
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
-        self._check_fitted()
-        import anomaly
-
-        meta = {
-            "kind": "tabular",
-            "params": self.get_params(),
-            "architecture": self.architecture_,
-            "schema": self.schema_.to_dict(),
-            "preprocessor": self.preprocessor_.to_dict(),
-            "calibration": self.calibrator_.to_dict(),
-            "typical_contribution": self.typical_contribution_.tolist(),
-            "history": self.history_,
-            "training": self.training_summary_,
-            "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
-        }
-        return save_model_dir(path, meta, self.module_.state_dict())
+        return self._save(
+            path,
+            schema=self.schema_.to_dict(),
+            preprocessor=self.preprocessor_.to_dict(),
+            calibration=self.calibrator_.to_dict(),
+            typical_contribution=self.typical_contribution_.tolist(),
+        )
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> Detector:
         """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
-        meta, tensors = load_model_dir(path)
-        det = cls(**{**meta["params"], "device": device})
+        det, meta = cls._restore(path, device)
         det.schema_ = TabularSchema.from_dict(meta["schema"])
         det.preprocessor_ = TabularPreprocessor.from_dict(det.schema_, meta["preprocessor"])
-        det.architecture_ = meta["architecture"]
-        det.module_ = det._build_module(det.architecture_)
-        det.module_.load_state_dict(tensors)
-        det.device_ = resolve_device(device)
-        det.module_.to(det.device_).eval()
         det.calibrator_ = Calibrator.from_dict(meta["calibration"])
         det.typical_contribution_ = np.asarray(meta["typical_contribution"], dtype=np.float32)
-        det.history_ = meta["history"]
-        det.training_summary_ = meta["training"]
         return det
-
-
-_PARAM_NAMES = (
-    "model",
-    "hidden",
-    "latent",
-    "dropout",
-    "denoise",
-    "beta",
-    "score_method",
-    "n_samples",
-    "exclude",
-    "max_categories",
-    "target_fpr",
-    "threshold_method",
-    "calibration_fraction",
-    "validation_fraction",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "patience",
-    "seed",
-    "device",
-    "progress",
-)
 
 
 def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:

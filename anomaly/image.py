@@ -11,9 +11,7 @@ same forward pass as the score (for ``reconstruction`` the map sums to the score
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +21,11 @@ import torch
 
 from anomaly.calibration import Calibrator
 from anomaly.data.images import ImageNormalizer, ImageSource, image_size, load_images
-from anomaly.errors import InputError, NotFittedError
+from anomaly.errors import InputError
+from anomaly.estimator import AutoencoderDetector
 from anomaly.models.conv2d import ConvAE2d, ConvVAE2d, default_hidden
-from anomaly.persistence import load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS, score_array
-from anomaly.training import TrainConfig, auto_batch_size, resolve_device, train
+from anomaly.training import auto_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,7 @@ _MIN_TRAIN_IMAGES = 10
 _CPU_SCORE_ELEMENTS = 1 << 16  # input values handed to score_array at a time on a CPU
 
 
-class ImageDetector:
+class ImageDetector(AutoencoderDetector):
     """Anomaly detector for images, trained on normal images only.
 
     Scores are **higher = more anomalous**. An image is flagged when its score is above a
@@ -114,6 +112,30 @@ class ImageDetector:
     """
 
     kind = "image"
+    _param_names = (
+        "model",
+        "size",
+        "channels",
+        "hidden",
+        "latent",
+        "dropout",
+        "denoise",
+        "beta",
+        "score_method",
+        "n_samples",
+        "target_fpr",
+        "threshold_method",
+        "calibration_fraction",
+        "validation_fraction",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "patience",
+        "seed",
+        "device",
+        "progress",
+    )
 
     def __init__(
         self,
@@ -166,11 +188,7 @@ class ImageDetector:
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict:
-        params = {k: getattr(self, k) for k in _PARAM_NAMES}
-        params["score"] = params.pop("score_method")
-        params["size"] = list(image_size(self.size))
-        params["hidden"] = None if self.hidden is None else list(self.hidden)
-        return params
+        return {**super().get_params(), "size": list(image_size(self.size))}
 
     @property
     def image_size_(self) -> tuple[int, int]:
@@ -209,11 +227,6 @@ class ImageDetector:
         for name in ("epochs", "n_samples", "patience"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    def _score_method(self) -> str:
-        if self.score_method is not None:
-            return self.score_method
-        return "elbo" if self.model == "vae" else "reconstruction"
 
     def _hidden(self) -> tuple[int, ...]:
         if self.hidden is not None:
@@ -290,39 +303,21 @@ class ImageDetector:
         torch.manual_seed(self.seed)  # the initial weights
         arch = self._architecture()
         module = self._build_module(arch)
-        device = resolve_device(self.device)
         n_train = len(train_idx)
-        config = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size or _auto_image_batch(n_train),
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            denoise=self.denoise,
-            beta=self.beta,
-            seed=self.seed,
-            progress=self.progress,
-        )
-        started = time.perf_counter()
-        history = train(module, x_train, x_val, config, device)
-        train_seconds = time.perf_counter() - started
-
-        self.normalizer_, self.module_, self.architecture_ = normalizer, module, arch
-        self.history_, self.device_ = history, device
+        batch_size = self.batch_size or _auto_image_batch(n_train)
+        run = self._train(module, x_train, x_val, batch_size=batch_size)
+        self.normalizer_, self.architecture_ = normalizer, arch
         cal_scores, cal_maps = self._score_normalized(normalizer.transform(x_cal), maps=True)
         self.calibrator_ = Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).fit(
             cal_scores
         )
         self.map_scale_ = _map_scale(cal_maps)
         self.training_summary_ = {
-            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "n_train": n_train,
             "n_validation": len(val_idx),
             "n_calibration": len(cal_scores),
-            "batch_size": config.batch_size,
-            "epochs_run": len(history["train_loss"]),
-            "train_seconds": round(train_seconds, 3),
-            "device": str(device),
+            "batch_size": batch_size,
+            **run,
         }
         return self
 
@@ -426,79 +421,33 @@ class ImageDetector:
                 kept[start : start + step] = block_maps
         return scores, kept
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "calibrator_"):
-            raise NotFittedError(
-                "this ImageDetector is not fitted yet: call fit() or ImageDetector.load()"
-            )
-
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
-        self._check_fitted()
-        import anomaly
-
-        meta = {
-            "kind": "image",
-            "params": self.get_params(),
-            "architecture": self.architecture_,
-            "normalizer": self.normalizer_.to_dict(),
-            "calibration": self.calibrator_.to_dict(),
-            "map_scale": self.map_scale_,
-            "history": self.history_,
-            "training": self.training_summary_,
-            "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
-        }
-        return save_model_dir(path, meta, self.module_.state_dict())
+        return self._save(
+            path,
+            normalizer=self.normalizer_.to_dict(),
+            calibration=self.calibrator_.to_dict(),
+            map_scale=self.map_scale_,
+        )
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> ImageDetector:
         """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
-        meta, tensors = load_model_dir(path)
-        if meta.get("kind") != "image":
-            raise InputError(f"{path} holds a {meta.get('kind')!r} model, not an image model")
-        params = dict(meta["params"])
-        params["size"] = tuple(params["size"])
-        if params["hidden"] is not None:
-            params["hidden"] = tuple(params["hidden"])
-        det = cls(**{**params, "device": device})
-        det.architecture_ = meta["architecture"]
+        det, meta = cls._restore(path, device)
         det.normalizer_ = ImageNormalizer.from_dict(meta["normalizer"])
-        det.module_ = det._build_module(det.architecture_)
-        det.module_.load_state_dict(tensors)
-        det.device_ = resolve_device(device)
-        det.module_.to(det.device_).eval()
         det.calibrator_ = Calibrator.from_dict(meta["calibration"])
         det.map_scale_ = float(meta["map_scale"])
-        det.history_ = meta["history"]
-        det.training_summary_ = meta["training"]
         return det
 
-
-_PARAM_NAMES = (
-    "model",
-    "size",
-    "channels",
-    "hidden",
-    "latent",
-    "dropout",
-    "denoise",
-    "beta",
-    "score_method",
-    "n_samples",
-    "target_fpr",
-    "threshold_method",
-    "calibration_fraction",
-    "validation_fraction",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "patience",
-    "seed",
-    "device",
-    "progress",
-)
+    @staticmethod
+    def _saved_params(params: dict) -> dict:
+        hidden = params["hidden"]
+        return {
+            **params,
+            "size": tuple(params["size"]),
+            "hidden": None if hidden is None else tuple(hidden),
+        }
 
 
 def _auto_image_batch(n_train: int) -> int:

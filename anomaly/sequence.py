@@ -20,9 +20,7 @@ Both are calibrated, each on its own scores of the calibration part of the norma
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +29,10 @@ import torch
 
 from anomaly.calibration import Calibrator
 from anomaly.data.sequence import Segments, SequenceSchema
-from anomaly.errors import InputError, NotFittedError
+from anomaly.errors import InputError
+from anomaly.estimator import AutoencoderDetector
 from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
-from anomaly.persistence import load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS, score_array
-from anomaly.training import TrainConfig, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value")
 BY = ("point", "window")
 
 
-class SequenceDetector:
+class SequenceDetector(AutoencoderDetector):
     """Window AE or VAE for one or many time series in a table.
 
     Parameters
@@ -79,6 +76,35 @@ class SequenceDetector:
     """
 
     kind = "sequence"
+    _param_names = (
+        "timestamp_col",
+        "series_col",
+        "value_cols",
+        "exclude",
+        "model",
+        "arch",
+        "window",
+        "stride",
+        "latent",
+        "hidden",
+        "dropout",
+        "denoise",
+        "beta",
+        "score_method",
+        "n_samples",
+        "max_gap",
+        "target_fpr",
+        "threshold_method",
+        "calibration_fraction",
+        "validation_fraction",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "patience",
+        "seed",
+        "progress",
+    )
 
     def __init__(
         self,
@@ -141,17 +167,6 @@ class SequenceDetector:
         self.progress = progress
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict:
-        params = {k: getattr(self, k) for k in _PARAM_NAMES}
-        params["score"] = params.pop("score_method")
-        params["exclude"] = list(params["exclude"])
-        return params
-
-    def _score_method(self) -> str:
-        if self.score_method is not None:
-            return self.score_method
-        return "elbo" if self.model == "vae" else "reconstruction"
-
     def _check_params(self) -> None:
         if self.model not in ("ae", "vae"):
             raise InputError(f"unknown model {self.model!r}; choose 'ae' or 'vae'")
@@ -235,24 +250,8 @@ class SequenceDetector:
         torch.manual_seed(self.seed)
         arch = self._architecture(len(schema.values))
         module = self._build_module(arch)
-        device = resolve_device(self.device)
-        config = TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            denoise=self.denoise,
-            beta=self.beta,
-            seed=self.seed,
-            progress=self.progress,
-        )
-        started = time.perf_counter()
-        history = train(module, x_train, x_val, config, device)
-        train_seconds = time.perf_counter() - started
-
-        self.schema_, self.module_, self.architecture_ = schema, module, arch
-        self.history_, self.device_ = history, device
+        run = self._train(module, x_train, x_val)
+        self.schema_, self.architecture_ = schema, arch
         window_scores, point_scores = self._score_segments(cal_part, cal_starts)
         self.window_calibrator_ = Calibrator(
             target_fpr=self.target_fpr, method=self.threshold_method
@@ -261,15 +260,12 @@ class SequenceDetector:
             point_scores[~np.isnan(point_scores)]
         )
         self.training_summary_ = {
-            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "n_series": len(set(segments.series)),
             "n_points": len(frame),
             "n_train": len(x_train),
             "n_validation": len(x_val),
             "n_calibration": len(cal_starts),
-            "epochs_run": len(history["train_loss"]),
-            "train_seconds": round(train_seconds, 3),
-            "device": str(device),
+            **run,
         }
         return self
 
@@ -355,83 +351,29 @@ class SequenceDetector:
             points = (total / count).astype(np.float32)  # NaN where no window covers
         return window_scores, points
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "calibrator_"):
-            raise NotFittedError(
-                "this SequenceDetector is not fitted yet: call fit() or SequenceDetector.load()"
-            )
-
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
-        self._check_fitted()
-        import anomaly
-
-        meta = {
-            "kind": "sequence",
-            "params": self.get_params(),
-            "architecture": self.architecture_,
-            "schema": self.schema_.to_dict(),
-            "scaler": {"mean": self.mean_.tolist(), "std": self.std_.tolist()},
-            "calibration": {
+        return self._save(
+            path,
+            schema=self.schema_.to_dict(),
+            scaler={"mean": self.mean_.tolist(), "std": self.std_.tolist()},
+            calibration={
                 "point": self.calibrator_.to_dict(),
                 "window": self.window_calibrator_.to_dict(),
             },
-            "history": self.history_,
-            "training": self.training_summary_,
-            "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
-        }
-        return save_model_dir(path, meta, self.module_.state_dict())
+        )
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> SequenceDetector:
         """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
-        meta, tensors = load_model_dir(path)
-        det = cls(**{**meta["params"], "device": device})
+        det, meta = cls._restore(path, device)
         det.schema_ = SequenceSchema.from_dict(meta["schema"])
         det.mean_ = np.asarray(meta["scaler"]["mean"], dtype=np.float32)
         det.std_ = np.asarray(meta["scaler"]["std"], dtype=np.float32)
-        det.architecture_ = meta["architecture"]
-        det.module_ = det._build_module(det.architecture_)
-        det.module_.load_state_dict(tensors)
-        det.device_ = resolve_device(device)
-        det.module_.to(det.device_).eval()
         det.calibrator_ = Calibrator.from_dict(meta["calibration"]["point"])
         det.window_calibrator_ = Calibrator.from_dict(meta["calibration"]["window"])
-        det.history_ = meta["history"]
-        det.training_summary_ = meta["training"]
         return det
-
-
-_PARAM_NAMES = (
-    "timestamp_col",
-    "series_col",
-    "value_cols",
-    "exclude",
-    "model",
-    "arch",
-    "window",
-    "stride",
-    "latent",
-    "hidden",
-    "dropout",
-    "denoise",
-    "beta",
-    "score_method",
-    "n_samples",
-    "max_gap",
-    "target_fpr",
-    "threshold_method",
-    "calibration_fraction",
-    "validation_fraction",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "patience",
-    "seed",
-    "progress",
-)
 
 
 def _as_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,128 @@
+"""What the three detectors share: their training run and the common parts of a saved model.
+
+:class:`~anomaly.Detector` (tables), :class:`~anomaly.SequenceDetector` and
+:class:`~anomaly.ImageDetector` differ in their data, models and scores; they build their
+training settings, time their training, and save and restore weights, architecture, history
+and versions the same way, here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly.errors import ModelFormatError, NotFittedError
+from anomaly.persistence import load_model_dir, save_model_dir
+from anomaly.training import TrainConfig, resolve_device, train
+
+
+class AutoencoderDetector:
+    """Base class of the detectors; not used on its own.
+
+    A subclass sets ``kind`` (the name its saved models record), ``_param_names`` (its
+    constructor's arguments, with ``score_method`` for ``score``) and ``_build_module``, and
+    has the training settings ``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
+    ``patience``, ``denoise``, ``beta``, ``seed``, ``device`` and ``progress``.
+    """
+
+    kind: str
+    _param_names: tuple[str, ...]
+
+    def get_params(self) -> dict:
+        """The constructor's arguments, as given (lists for sequences: JSON-ready)."""
+        params = {name: getattr(self, name) for name in self._param_names}
+        params["score"] = params.pop("score_method")
+        for name, value in params.items():
+            if isinstance(value, tuple):
+                params[name] = list(value)
+        return params
+
+    def _score_method(self) -> str:
+        if self.score_method is not None:
+            return self.score_method
+        return "elbo" if self.model == "vae" else "reconstruction"
+
+    def _train(
+        self,
+        module: torch.nn.Module,
+        x_train: np.ndarray,
+        x_val: np.ndarray,
+        *,
+        batch_size: int | None = None,
+    ) -> dict:
+        """Train ``module`` with this detector's settings; sets ``module_``, ``device_`` and
+        ``history_`` and returns the run's part of ``training_summary_``."""
+        device = resolve_device(self.device)
+        config = TrainConfig(
+            epochs=self.epochs,
+            batch_size=batch_size or self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            denoise=self.denoise,
+            beta=self.beta,
+            seed=self.seed,
+            progress=self.progress,
+        )
+        started = time.perf_counter()
+        history = train(module, x_train, x_val, config, device)
+        seconds = time.perf_counter() - started
+        self.module_, self.device_, self.history_ = module, device, history
+        return {
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "epochs_run": len(history["train_loss"]),
+            "train_seconds": round(seconds, 3),
+            "device": str(device),
+        }
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "calibrator_"):
+            name = type(self).__name__
+            raise NotFittedError(f"this {name} is not fitted yet: call fit() or {name}.load()")
+
+    def _save(self, path: str | Path, **own) -> Path:
+        """Write the model directory: the common parts, and ``own`` (the subclass's state)."""
+        self._check_fitted()
+        import anomaly
+
+        meta = {
+            "kind": self.kind,
+            "params": self.get_params(),
+            "architecture": self.architecture_,
+            **own,
+            "history": self.history_,
+            "training": self.training_summary_,
+            "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
+        }
+        return save_model_dir(path, meta, self.module_.state_dict())
+
+    @classmethod
+    def _restore(cls, path: str | Path, device: str):
+        """A detector with its weights, architecture and history back, on ``device``, and the
+        saved JSON for the subclass to restore the rest from."""
+        meta, tensors = load_model_dir(path)
+        kind = meta.get("kind", "tabular")
+        if kind != cls.kind:
+            raise ModelFormatError(
+                f"{path} holds a {kind!r} model, not a {cls.kind!r} one: load it with "
+                "anomaly.load, which picks the class"
+            )
+        det = cls(**{**cls._saved_params(meta["params"]), "device": device})
+        det.architecture_ = meta["architecture"]
+        det.device_ = resolve_device(device)
+        det.module_ = det._build_module(det.architecture_)
+        det.module_.load_state_dict(tensors)
+        det.module_.to(det.device_).eval()
+        det.history_ = meta["history"]
+        det.training_summary_ = meta["training"]
+        return det, meta
+
+    @staticmethod
+    def _saved_params(params: dict) -> dict:
+        """Constructor arguments from their JSON form (a subclass turns lists back into the
+        tuples it takes)."""
+        return params
