@@ -9,7 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly.data.sequence import SequenceSchema
 from anomaly.datasets import make_metric_series
-from anomaly.errors import InputError
+from anomaly.detector import Detector
+from anomaly.errors import InputError, ModelFormatError
 from anomaly.sequence import SequenceDetector
 
 
@@ -112,6 +113,9 @@ def test_same_input_same_scores_and_save_load_round_trip(fitted, test_rows, tmp_
     loaded = SequenceDetector.load(tmp_path / "m")
     pd.testing.assert_frame_equal(loaded.score(test_rows), first)
     assert loaded.threshold_ == fitted.threshold_
+    assert loaded.get_params() == fitted.get_params()
+    with pytest.raises(ModelFormatError, match="holds a 'sequence' model, not a 'tabular' one"):
+        Detector.load(tmp_path / "m")
 
 
 @pytest.mark.parametrize(("model", "arch"), [("vae", "conv"), ("ae", "gru")])
