@@ -109,7 +109,7 @@ def test_conv_models_train_on_gpu_as_graphs_and_load_on_cpu(kind, tmp_path):
     for graphed in (False, True):
         det = make(epochs=8, patience=100, device="cuda")
         config = functools.partial(TrainConfig, cuda_graph=graphed)
-        with mock.patch(f"anomaly.{kind}.TrainConfig", config):
+        with mock.patch("anomaly.estimator.TrainConfig", config):
             det.fit(data)
         losses[graphed] = det.history_["val_loss"][-1]
     print(f"{kind}: eager {losses[False]:.6g}, graph {losses[True]:.6g}")
