@@ -87,30 +87,6 @@ class Detector(AutoencoderDetector):
     """
 
     kind = "tabular"
-    _param_names = (
-        "model",
-        "hidden",
-        "latent",
-        "dropout",
-        "denoise",
-        "beta",
-        "score_method",
-        "n_samples",
-        "exclude",
-        "max_categories",
-        "target_fpr",
-        "threshold_method",
-        "calibration_fraction",
-        "validation_fraction",
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "patience",
-        "seed",
-        "device",
-        "progress",
-    )
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ and versions the same way, here.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import time
 from pathlib import Path
 
@@ -23,22 +24,23 @@ from anomaly.training import TrainConfig, resolve_device, train
 class AutoencoderDetector:
     """Base class of the detectors; not used on its own.
 
-    A subclass sets ``kind`` (the name its saved models record), ``_param_names`` (its
-    constructor's arguments, with ``score_method`` for ``score``) and ``_build_module``, and
-    has the training settings ``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
-    ``patience``, ``denoise``, ``beta``, ``seed``, ``device`` and ``progress``.
+    A subclass sets ``kind`` (the name its saved models record) and ``_build_module``, keeps
+    each constructor argument as an attribute of the same name (``score`` as
+    ``score_method``: ``score`` is a method), and has the training settings ``epochs``,
+    ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``denoise``, ``beta``, ``seed``,
+    ``device`` and ``progress``.
     """
 
     kind: str
-    _param_names: tuple[str, ...]
 
     def get_params(self) -> dict:
-        """The constructor's arguments, as given (lists for sequences: JSON-ready)."""
-        params = {name: getattr(self, name) for name in self._param_names}
-        params["score"] = params.pop("score_method")
-        for name, value in params.items():
-            if isinstance(value, tuple):
-                params[name] = list(value)
+        """The constructor's arguments, read from its signature as scikit-learn does (tuples
+        as lists: JSON-ready)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        params = {}
+        for name in names:
+            value = getattr(self, "score_method" if name == "score" else name)
+            params[name] = list(value) if isinstance(value, tuple) else value
         return params
 
     def _score_method(self) -> str:

@@ -112,30 +112,6 @@ class ImageDetector(AutoencoderDetector):
     """
 
     kind = "image"
-    _param_names = (
-        "model",
-        "size",
-        "channels",
-        "hidden",
-        "latent",
-        "dropout",
-        "denoise",
-        "beta",
-        "score_method",
-        "n_samples",
-        "target_fpr",
-        "threshold_method",
-        "calibration_fraction",
-        "validation_fraction",
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "patience",
-        "seed",
-        "device",
-        "progress",
-    )
 
     def __init__(
         self,

@@ -76,35 +76,6 @@ class SequenceDetector(AutoencoderDetector):
     """
 
     kind = "sequence"
-    _param_names = (
-        "timestamp_col",
-        "series_col",
-        "value_cols",
-        "exclude",
-        "model",
-        "arch",
-        "window",
-        "stride",
-        "latent",
-        "hidden",
-        "dropout",
-        "denoise",
-        "beta",
-        "score_method",
-        "n_samples",
-        "max_gap",
-        "target_fpr",
-        "threshold_method",
-        "calibration_fraction",
-        "validation_fraction",
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "patience",
-        "seed",
-        "progress",
-    )
 
     def __init__(
         self,
