@@ -7,13 +7,15 @@ output appears only when every row has been scored: a bad row anywhere leaves no
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import torch
 from tqdm.auto import tqdm
 
 from anomaly.detector import RESULT_COLUMNS, Detector
@@ -82,6 +85,7 @@ def score_csv(
     os.close(fd)
     started, rows, flagged = time.perf_counter(), 0, 0
     size = input_path.stat().st_size
+    workers = _usable_cores()
     try:
         with (
             tqdm(
@@ -89,22 +93,21 @@ def score_csv(
             ) as bar,
             open(input_path, "rb") as raw,
             open(tmp_name, "wb") as out,
+            _one_torch_thread_each(workers),
+            ThreadPoolExecutor(max_workers=workers) as pool,
         ):
             out.write(_header_line([*kept, *RESULT_COLUMNS]))
-            # One block is written (Arrow formats it without the GIL) while the next is scored.
-            with ThreadPoolExecutor(max_workers=1) as writer:
-                written = None
-                for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
-                    columns = detector.schema_.coerce_text(batch, row_offset=rows)
-                    result = detector.score_columns(columns)
-                    table = _output_table(batch, kept, result)
-                    if written is not None:
-                        written.result()  # in order, and a failed write stops the run
-                    written = writer.submit(_write_csv, out, table)
-                    rows += batch.num_rows
-                    flagged += int(result["is_anomaly"].sum())
-                if written is not None:
-                    written.result()
+            # Blocks are scored and formatted in parallel (Arrow, numpy and torch release the
+            # GIL) and written in order; a bad block raises when its turn to be written comes,
+            # so the error named is the file's first.
+            in_flight: deque[Future] = deque()
+            for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
+                in_flight.append(pool.submit(_score_block, detector, batch, kept, rows))
+                rows += batch.num_rows
+                if len(in_flight) > workers:
+                    flagged += _write_next(in_flight, out)
+            while in_flight:
+                flagged += _write_next(in_flight, out)
         os.replace(tmp_name, output_path)
     except InputError as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -118,6 +121,44 @@ def score_csv(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return BatchSummary(rows, flagged, time.perf_counter() - started, output_path)
+
+
+def _score_block(
+    detector: Detector, batch: pa.RecordBatch, kept: list[str], row_offset: int
+) -> tuple[pa.Buffer, int]:
+    """One block's output rows as CSV text, and how many of them are flagged."""
+    columns = detector.schema_.coerce_text(batch, row_offset=row_offset)
+    result = detector.score_columns(columns)
+    return _csv_bytes(_output_table(batch, kept, result)), int(result["is_anomaly"].sum())
+
+
+def _write_next(in_flight: deque[Future], out) -> int:
+    text, flagged = in_flight.popleft().result()
+    out.write(text)
+    return flagged
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _one_torch_thread_each(workers: int):
+    """With several blocks scored at once, each on one torch thread: ``workers`` threads that
+    each start a torch thread pool would oversubscribe the cores. (A row's score does not
+    depend on the thread count.)"""
+    if workers == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _score_series_csv(
@@ -166,7 +207,7 @@ def _score_series_csv(
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(_header_line(output.column_names))
-            _write_csv(out, output)
+            out.write(_csv_bytes(output))
         os.replace(tmp_name, output_path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -270,12 +311,13 @@ def _header_line(names: list[str]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _write_csv(out, table: pa.Table) -> None:
-    """Append a block as CSV: unquoted unless a value needs quotes (then strings are quoted)."""
+def _csv_bytes(table: pa.Table) -> pa.Buffer:
+    """A block as CSV without a header: unquoted unless a value needs quotes (then strings are
+    quoted)."""
     sink = pa.BufferOutputStream()
     try:
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
     except pa.ArrowInvalid:  # a comma, quote or newline inside a value
         sink = pa.BufferOutputStream()
         pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
-    out.write(sink.getvalue())
+    return sink.getvalue()

@@ -3,6 +3,7 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from anomaly.batch import score_csv
 from anomaly.data import read_csv
@@ -18,7 +19,9 @@ def input_csv(test_rows, tmp_path):
 
 def test_file_scores_equal_dataframe_scores_in_small_blocks(fitted_ae, input_csv, tmp_path):
     out = tmp_path / "out.csv"
+    threads = torch.get_num_threads()
     summary = score_csv(fitted_ae, input_csv, out, block_size=16 << 10, progress=False)
+    assert torch.get_num_threads() == threads  # blocks run one torch thread each, meanwhile
     written = pd.read_csv(out)
     expected = fitted_ae.score(read_csv(input_csv))
     assert summary.rows == len(expected) and summary.flagged == expected["is_anomaly"].sum()
@@ -66,6 +69,7 @@ def test_bad_value_late_in_the_file_names_column_and_line_and_writes_nothing(
 ):
     rows = test_rows.astype({"memory": object})
     rows.loc[rows.index[1500], "memory"] = "12,5"
+    rows.loc[rows.index[1900], "memory"] = "n/a?"  # a later block, scored at the same time
     path = tmp_path / "in.csv"
     rows.to_csv(path, index=False)
     out = tmp_path / "out.csv"
