@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RESULT_COLUMNS = ("anomaly_score", "is_anomaly", "p_value")
 BY = ("point", "window")
+_WINDOWS_AT_ONCE = 65_536  # windows cut and scored per slice when scoring a table of points
 
 
 class SequenceDetector(AutoencoderDetector):
@@ -309,15 +310,23 @@ class SequenceDetector(AutoencoderDetector):
         self, segments: Segments, starts: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores of the windows at ``starts`` and point scores (NaN where uncovered)."""
-        x = segments.windows(starts, self.window)
-        window_scores, _ = score_array(self.module_, x, self._score_method(), self.device_)
+        # Windows are cut a slice of starts at a time: all at once they would take ``window``
+        # times the memory of the series.
+        window_scores = np.empty(len(starts), dtype=np.float32)
+        for first in range(0, len(starts), _WINDOWS_AT_ONCE):
+            chunk = starts[first : first + _WINDOWS_AT_ONCE]
+            x = segments.windows(chunk, self.window)
+            scores, _ = score_array(self.module_, x, self._score_method(), self.device_)
+            window_scores[first : first + len(chunk)] = scores
         n = len(segments.values)
         if len(starts) == 0:
             return window_scores, np.full(n, np.nan, dtype=np.float32)
-        where = (starts[:, None] + np.arange(self.window)).ravel()
-        weights = np.repeat(window_scores.astype(np.float64), self.window)
-        total = np.bincount(where, weights=weights, minlength=n)
-        count = np.bincount(where, minlength=n)
+        # A pass per offset in the window, from the last: each point adds up its windows'
+        # scores in the order of their starts, whatever else the table holds.
+        total, count = np.zeros(n), np.zeros(n, dtype=np.int64)
+        for offset in range(self.window - 1, -1, -1):
+            total[starts + offset] += window_scores
+            count[starts + offset] += 1
         with np.errstate(invalid="ignore", divide="ignore"):
             points = (total / count).astype(np.float32)  # NaN where no window covers
         return window_scores, points
