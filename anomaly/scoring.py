@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -94,7 +95,9 @@ def training_loss(
     return (nll + beta * kl_to_standard_normal(mu, logvar)).mean()
 
 
-def scoring_blocks(device: torch.device, row_size: int = 1) -> tuple[int, int]:
+def scoring_blocks(
+    device: torch.device, row_size: int = 1, activation_size: int | None = None
+) -> tuple[int, int]:
     """(block rows, alignment) for scoring rows of ``row_size`` elements on ``device``.
 
     Rows are scored in blocks of at most ``block rows``, each padded to a multiple of
@@ -102,14 +105,54 @@ def scoring_blocks(device: torch.device, row_size: int = 1) -> tuple[int, int]:
     matrix kernels give a row bit-identical results whenever the block height is a multiple of
     8. GPU libraries pick kernels by height, so there every block is padded to one full height;
     a large one, since a GPU's cost per block is mostly kernel launches. Blocks are also capped
-    in elements, so that a block of images fits in memory. CPU blocks stay small enough that a
-    dense layer's activations stay in the core's cache: 8,192 rows of a table scored twice as
-    fast as 65,536 (1.9 s against 4.3 s per million rows for the default VAE, one thread).
+    in elements, so that a block of images fits in memory.
+
+    On a CPU, a block's largest activation (``activation_size`` elements a row, see
+    :func:`widest_activation`) is kept to about 2 MiB, so that it stays in cache. Against
+    blocks sized by their input alone, one thread, scores came 1.4x (image AE) to 2.7x (table
+    AE) faster; a window or image VAE 2x (BENCHMARKS.md, section 6).
     """
     if device.type == "cuda":  # activations of conv models are ~100x the input: 4M elements
         rows = min(262_144, max(16, (1 << 22) // row_size // 16 * 16))
         return rows, rows
-    return min(8_192, max(16, (1 << 20) // row_size // 16 * 16)), 16
+    per_row = activation_size or row_size
+    return min(8_192, max(16, _CPU_BLOCK_ELEMENTS // per_row // 16 * 16)), 16
+
+
+_CPU_BLOCK_ELEMENTS = 1 << 19
+_widest: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def widest_activation(
+    model: torch.nn.Module, row_shape: tuple[int, ...], method: str, device: torch.device
+) -> int:
+    """Elements per row in the largest output of any of ``model``'s layers when scored with
+    ``method``; probed once per model, row shape and method, on 16 rows of zeros.
+
+    Rows of the layer's own batch: a VAE that decodes its K samples as a batch of K times the
+    rows counts one sample's activation, which sized blocks best in measurements (window and
+    image VAEs: 256-512 and 16-32 rows a block)."""
+    known = _widest.setdefault(model, {})
+    key = (tuple(row_shape), method)
+    if key not in known:
+        sizes = [int(np.prod(row_shape, dtype=np.int64))]
+
+        def record(module, inputs, output) -> None:
+            for out in output if isinstance(output, tuple) else (output,):
+                if isinstance(out, torch.Tensor) and out.dim() > 0 and len(out):
+                    # Per row of its own batch: right even for a forward in another thread.
+                    sizes.append(out.numel() // len(out))
+
+        leaves = [m for m in model.modules() if next(m.children(), None) is None]
+        hooks = [m.register_forward_hook(record) for m in leaves]
+        try:
+            with torch.inference_mode():
+                score_batch(model, torch.zeros(16, *row_shape, device=device), method)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        known[key] = max(sizes)
+    return known[key]
 
 
 @torch.inference_mode()
@@ -127,7 +170,10 @@ def score_array(
     eval mode.
     """
     n = len(x)
-    block_rows, align = scoring_blocks(device, int(np.prod(x.shape[1:], dtype=np.int64)))
+    row_size = int(np.prod(x.shape[1:], dtype=np.int64))
+    on_cpu = device.type != "cuda"
+    widest = widest_activation(model, x.shape[1:], method, device) if on_cpu else None
+    block_rows, align = scoring_blocks(device, row_size, widest)
     scores = np.empty(n, dtype=np.float32)
     kept: np.ndarray | None = None
     for start in range(0, n, block_rows):

@@ -1,8 +1,15 @@
+import numpy as np
 import pytest
 import torch
 
 from anomaly.models import DenseAE, DenseVAE
-from anomaly.scoring import score_batch, training_loss
+from anomaly.scoring import (
+    score_array,
+    score_batch,
+    scoring_blocks,
+    training_loss,
+    widest_activation,
+)
 
 
 def test_autoencoder_shapes_and_linear_preset():
@@ -54,3 +61,21 @@ def test_training_loss_is_finite_and_differentiable():
         loss.backward()
         assert torch.isfinite(loss)
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_cpu_blocks_are_sized_by_the_widest_activation_and_keep_scores():
+    cpu = torch.device("cpu")
+    ae = DenseAE(24, hidden=(64, 32), latent=8).eval()
+    vae = DenseVAE(24, hidden=(64, 32), latent=8, n_samples=4).eval()
+    assert widest_activation(ae, (24,), "reconstruction", cpu) == 64
+    # The VAE decodes its posterior mean and 4 samples for each row: (rows, 5, 64).
+    assert widest_activation(vae, (24,), "elbo", cpu) == 5 * 64
+    assert not any(m._forward_hooks for m in vae.modules())  # the probe leaves no hooks
+    assert scoring_blocks(cpu, 24, 64) == (8192, 16)
+    assert scoring_blocks(cpu, 24, 5 * 64) == (1632, 16)
+    # Blocks of 1,632 rows, the last one padded: each row scores as it does alone.
+    x = np.random.default_rng(0).standard_normal((4000, 24)).astype(np.float32)
+    together, _ = score_array(vae, x, "elbo", cpu)
+    picked = [0, 1700, 3999]
+    alone = np.concatenate([score_array(vae, x[i : i + 1], "elbo", cpu)[0] for i in picked])
+    assert np.array_equal(together[picked], alone)
