@@ -50,6 +50,9 @@ def score_csv(
 ) -> BatchSummary:
     """Score every row of ``input_path`` and write ``output_path`` atomically.
 
+    A table's blocks are scored on every usable core at once, each on one torch thread: the
+    process's torch thread count is 1 meanwhile, and restored after.
+
     Parameters
     ----------
     detector : Detector
