@@ -322,7 +322,8 @@ class SequenceDetector(AutoencoderDetector):
         if len(starts) == 0:
             return window_scores, np.full(n, np.nan, dtype=np.float32)
         # A pass per offset in the window, from the last: each point adds up its windows'
-        # scores in the order of their starts, whatever else the table holds.
+        # scores in the order of their starts, whatever else the table holds. (Starts are
+        # distinct, so no position repeats within a pass.)
         total, count = np.zeros(n), np.zeros(n, dtype=np.int64)
         for offset in range(self.window - 1, -1, -1):
             total[starts + offset] += window_scores

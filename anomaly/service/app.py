@@ -114,7 +114,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 class BodyLimit:
     """413 for a body over ``max_bytes``, announced (Content-Length) or streamed (chunked).
 
-    Not FastAPI's ``max_body_size`` (0.165): for an announced length that answers plain text
+    Not FastAPI's ``max_body_size`` (as of 0.165): for an announced length it answers plain text
     ("Content Too Large"), not the JSON error every other 4xx here has, and it does not say
     the limit."""
 
