@@ -82,3 +82,15 @@ def test_training_errors_are_one_line(tmp_path):
                    "--out", str(tmp_path / "o.csv"))  # fmt: skip
     assert done.returncode == 2
     assert f"no model at {tmp_path / 'nothing'}" in done.stderr
+
+
+def test_help_and_the_package_import_neither_torch_nor_pandas():
+    code = (
+        "import sys, anomaly, anomaly.cli\n"
+        "heavy = sorted({'torch', 'pandas', 'mlflow'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+        "assert anomaly.Detector.__module__ == 'anomaly.detector'  # loaded on first use\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert anomaly("--help").returncode == 0
