@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 MODELS = ("ae", "vae")
 RESULT_COLUMNS = ("path", "anomaly_score", "is_anomaly", "p_value")
 _MIN_TRAIN_IMAGES = 10
-_CPU_SCORE_ELEMENTS = 1 << 16  # input values handed to score_array at a time on a CPU
 
 
 class ImageDetector(AutoencoderDetector):
@@ -375,26 +374,16 @@ class ImageDetector(AutoencoderDetector):
 
     def _score_normalized(self, x: np.ndarray, maps: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Scores (n,) and, when asked, maps (n, H, W) of standardised images (n, C, H, W)."""
-        scores = np.empty(len(x), dtype=np.float32)
-        kept = np.empty((len(x), *x.shape[2:]), dtype=np.float32) if maps else None
-        # On a CPU, score_array caps its blocks by input size, but a block's activations are
-        # some hundred times larger (channels, the VAE's samples): hand it fewer images at a
-        # time, a multiple of 16 so that its blocks' heights stay what it makes them. (On a
-        # GPU it pads every block to one height, so the images go in at once.)
-        step = max(16, _CPU_SCORE_ELEMENTS // int(np.prod(x.shape[1:])) // 16 * 16)
-        if self.device_.type == "cuda":
-            step = max(1, len(x))
-        for start in range(0, len(x), step):
-            block_scores, block_maps = score_array(
-                self.module_,  # in eval mode since fit / load
-                x[start : start + step],
-                self._score_method(),
-                self.device_,
-                reduce_parts=(lambda parts: parts.sum(dim=1)) if maps else None,
-            )
-            scores[start : start + step] = block_scores
-            if kept is not None:
-                kept[start : start + step] = block_maps
+        # score_array cuts the images into blocks (on a CPU, sized by the model's activations).
+        scores, kept = score_array(
+            self.module_,  # in eval mode since fit / load
+            x,
+            self._score_method(),
+            self.device_,
+            reduce_parts=(lambda parts: parts.sum(dim=1)) if maps else None,
+        )
+        if maps and len(x) == 0:
+            kept = np.empty((0, *x.shape[2:]), dtype=np.float32)
         return scores, kept
 
     # ------------------------------------------------------------------ save / load
