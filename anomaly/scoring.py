@@ -155,6 +155,16 @@ def widest_activation(
     return known[key]
 
 
+def model_blocks(
+    model: torch.nn.Module, row_shape: tuple[int, ...], method: str, device: torch.device
+) -> tuple[int, int]:
+    """:func:`scoring_blocks` for ``model``'s rows of ``row_shape`` scored with ``method``."""
+    row_size = int(np.prod(row_shape, dtype=np.int64))
+    if device.type == "cuda":
+        return scoring_blocks(device, row_size)
+    return scoring_blocks(device, row_size, widest_activation(model, row_shape, method, device))
+
+
 @torch.inference_mode()
 def score_array(
     model: torch.nn.Module,
@@ -170,10 +180,7 @@ def score_array(
     eval mode.
     """
     n = len(x)
-    row_size = int(np.prod(x.shape[1:], dtype=np.int64))
-    on_cpu = device.type != "cuda"
-    widest = widest_activation(model, x.shape[1:], method, device) if on_cpu else None
-    block_rows, align = scoring_blocks(device, row_size, widest)
+    block_rows, align = model_blocks(model, x.shape[1:], method, device)
     scores = np.empty(n, dtype=np.float32)
     kept: np.ndarray | None = None
     for start in range(0, n, block_rows):

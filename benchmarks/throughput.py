@@ -53,7 +53,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomaly import Detector
-from anomaly.scoring import score_batch, scoring_blocks
+from anomaly.scoring import model_blocks, score_batch
 from anomaly.training import TrainConfig, auto_batch_size, train
 from benchmarks._machine import cpu_summary
 
@@ -183,7 +183,7 @@ def resident_scoring_rate(det: Detector, x_test: np.ndarray, rows: int) -> float
     x = det.preprocessor_.transform(det.schema_.coerce(det_frame(det, x_test)))
     x = torch.from_numpy(rows_from(x, rows)).to(det.device_)
     method, device = det._score_method(), det.device_
-    chunk, _ = scoring_blocks(device, x.shape[1])
+    chunk, _ = model_blocks(det.module_, x.shape[1:], method, device)  # as score_array's
 
     def score_all() -> None:
         with torch.no_grad():
