@@ -347,20 +347,19 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn). More settings: ANOMALY_* variables."""
+    import contextlib
     import tempfile
 
     import uvicorn
+
+    from anomaly import registry
+    from anomaly.persistence import read_kind
+    from anomaly.service.settings import Settings
 
     # Workers are separate processes: they read their settings from the environment.
     os.environ["ANOMALY_MODEL_URI"] = model
     if reload_interval is not None:
         os.environ["ANOMALY_RELOAD_INTERVAL"] = str(reload_interval)
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # summed over workers
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="anomaly-metrics-")
-    from anomaly import registry
-    from anomaly.persistence import read_kind
-    from anomaly.service.settings import Settings
-
     settings = Settings()  # bad settings fail here, once, not in every worker
     ref = registry.resolve(model)  # so does a bad URI; the download lands in the cache
     if workers > 1 and not settings.stream_redis_url and read_kind(ref.path) == "sequence":
@@ -369,11 +368,18 @@ def serve(
             "one worker (and route replicas by stream id), or share buffers in Redis with "
             "ANOMALY_STREAM_REDIS_URL"
         )
-    # A worker imports torch before it answers uvicorn's health check: on a busy or CPU-limited
-    # machine that takes longer than uvicorn's 5 s default, and the worker would be killed.
-    uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level,
-                timeout_worker_healthcheck=60)  # fmt: skip
+    with contextlib.ExitStack() as cleanup:
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # The workers' metric files, summed by a scrape; removed when the server stops, so
+            # that no count outlives it.
+            metrics_dir = tempfile.TemporaryDirectory(prefix="anomaly-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = cleanup.enter_context(metrics_dir)
+        # A worker imports torch before it answers uvicorn's health check: on a busy or
+        # CPU-limited machine that takes longer than uvicorn's 5 s default, and the worker
+        # would be killed.
+        uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level,
+                    timeout_worker_healthcheck=60)  # fmt: skip
 
 
 class RetrainMode(StrEnum):

@@ -24,15 +24,21 @@ def service(fitted_ae, tmp_path_factory):
     root = tmp_path_factory.mktemp("service")
     fitted_ae.save(root / "model")
     port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    tmp = root / "tmp"
+    tmp.mkdir()
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "TMPDIR": str(tmp)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = start(
         [sys.executable, "-m", "anomaly.cli", "serve", "--model", str(root / "model"),
          "--port", str(port), "--workers", "2", "--log-level", "warning"],
         root / "service.log", env, f"http://127.0.0.1:{port}/readyz",
     )  # fmt: skip
+    assert [p.name for p in tmp.glob("anomaly-metrics-*/*.db")], "workers write no metric files"
     yield f"http://127.0.0.1:{port}", root
     stop(proc)
+    # The workers' metric files go with the server.
+    assert not list(tmp.glob("anomaly-metrics-*")), sorted(tmp.iterdir())
 
 
 def records(n: int) -> list[dict]:
