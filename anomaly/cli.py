@@ -391,14 +391,17 @@ class RetrainMode(StrEnum):
 @app.command()
 @_friendly_errors
 def retrain(
-    data: Annotated[Path, typer.Argument(help="CSV of new normal rows.")],
+    data: Annotated[
+        Path, typer.Argument(help="New normal data: a CSV of rows or series, or images.")
+    ],
     name: Annotated[str, typer.Option(help="Registered model whose champion is challenged.")],
     mode: Annotated[
         RetrainMode, typer.Option(help="fresh weights, finetune the champion, or append data.")
     ] = RetrainMode.fresh,
     holdout: Annotated[float, typer.Option(help="Share of DATA kept for the gate.")] = 0.2,
     anomalies: Annotated[
-        Path | None, typer.Option(help="CSV of labelled anomalies: the gate compares AUROC too.")
+        Path | None,
+        typer.Option(help="Known anomalies, like DATA: the gate compares AUROC too."),
     ] = None,
     epochs: Annotated[
         int | None, typer.Option(help="Most epochs (default: the champion's).")
@@ -411,23 +414,23 @@ def retrain(
     ] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Train a challenger on new normal rows; promote it only if it passes the gate.
+    """Train a challenger on new normal data; promote it only if it passes the gate.
 
-    Exit code 0: promoted; 3: the champion stays (the reasons are printed); 2: bad input.
+    DATA is read as the champion reads: a CSV file of table rows or time series, or images (a
+    folder, files or arrays). Exit code 0: promoted; 3: the champion stays (the reasons are
+    printed); 2: bad input.
     """
-    from anomaly.data import read_csv
     from anomaly.retraining import GateRules
     from anomaly.retraining import retrain as run_retrain
 
     result = run_retrain(
         name,
-        read_csv(data),
+        data,
         mode=mode.value,
         holdout=holdout,
-        anomalies=read_csv(anomalies) if anomalies is not None else None,
+        anomalies=anomalies,
         rules=GateRules(max_fpr_ratio=max_fpr_ratio, max_auroc_drop=max_auroc_drop),
         epochs=epochs,
-        data_source=str(data.resolve()),
         seed=seed,
         progress=True,
     )

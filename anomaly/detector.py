@@ -250,14 +250,9 @@ class Detector(AutoencoderDetector):
         x_train = preprocessor.transform(train_columns)
         x_val = preprocessor.transform(_take(columns, val_idx))
 
-        torch.manual_seed(self.seed)  # the initial weights
-        if warm_start_from is None:
-            arch = self._architecture(preprocessor.n_features_)
-            module = self._build_module(arch)
-        else:
-            arch = warm_start_from.architecture_
-            module = self._build_module(arch)
-            module.load_state_dict(warm_start_from.module_.state_dict())
+        arch, module = self._initial_module(
+            warm_start_from, lambda: self._architecture(preprocessor.n_features_)
+        )
         run = self._train(module, x_train, x_val)
         self.schema_, self.preprocessor_, self.architecture_ = schema, preprocessor, arch
         self._to_columns = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,18 @@ class AutoencoderDetector:
         if self.score_method is not None:
             return self.score_method
         return "elbo" if self.model == "vae" else "reconstruction"
+
+    def _initial_module(
+        self, warm_start_from: AutoencoderDetector | None, architecture: Callable[[], dict]
+    ) -> tuple[dict, torch.nn.Module]:
+        """The architecture and module that training starts from: new, seeded weights in the
+        shape ``architecture()`` gives, or ``warm_start_from``'s shape and weights."""
+        torch.manual_seed(self.seed)
+        arch = architecture() if warm_start_from is None else warm_start_from.architecture_
+        module = self._build_module(arch)
+        if warm_start_from is not None:
+            module.load_state_dict(warm_start_from.module_.state_dict())
+        return arch, module
 
     def _train(
         self,

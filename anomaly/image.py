@@ -231,7 +231,11 @@ class ImageDetector(AutoencoderDetector):
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, images: ImageSource, calibration_data: ImageSource | None = None
+        self,
+        images: ImageSource,
+        calibration_data: ImageSource | None = None,
+        *,
+        warm_start_from: ImageDetector | None = None,
     ) -> ImageDetector:
         """Learn normal appearance from ``images``, believed normal.
 
@@ -243,12 +247,25 @@ class ImageDetector(AutoencoderDetector):
             calibrate the threshold and never trained on.
         calibration_data : folder, file(s) or ndarray, optional
             Separate normal images for calibration.
+        warm_start_from : ImageDetector, optional
+            A fitted detector of the same model, size and channels to continue from: its
+            normalisation and architecture are kept, training starts from its weights, and the
+            threshold is calibrated anew.
 
         Returns
         -------
         self
         """
         self._check_params()
+        if warm_start_from is not None:
+            warm_start_from._check_fitted()
+            theirs = (warm_start_from.model, warm_start_from.image_size_, warm_start_from.channels)
+            if theirs != (self.model, self.image_size_, self.channels):
+                raise InputError(
+                    f"cannot warm-start a {self.model!r} model of {self.image_size_} images with "
+                    f"{self.channels} channel(s) from a {theirs[0]!r} one of {theirs[1]} with "
+                    f"{theirs[2]}"
+                )
         x, _ = self._load(images)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(x))
@@ -271,13 +288,14 @@ class ImageDetector(AutoencoderDetector):
             )
         val_idx, train_idx = order[:n_val], order[n_val:]
         x_train = x[train_idx]
-        normalizer = ImageNormalizer().fit(x_train)  # on the training images only
+        if warm_start_from is None:
+            normalizer = ImageNormalizer().fit(x_train)  # on the training images only
+        else:
+            normalizer = warm_start_from.normalizer_
         x_train = normalizer.transform(x_train)
         x_val = normalizer.transform(x[val_idx])
 
-        torch.manual_seed(self.seed)  # the initial weights
-        arch = self._architecture()
-        module = self._build_module(arch)
+        arch, module = self._initial_module(warm_start_from, self._architecture)
         n_train = len(train_idx)
         batch_size = self.batch_size or _auto_image_batch(n_train)
         run = self._train(module, x_train, x_val, batch_size=batch_size)

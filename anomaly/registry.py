@@ -345,8 +345,8 @@ def _input_example(detector, sample: pd.DataFrame) -> pd.DataFrame | None:
         if schema.series:
             rows = rows[rows[schema.series] == rows[schema.series].iloc[0]]
         columns = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
-        rows = rows.sort_values(schema.timestamp)[columns].head(detector.window + 4)
-        return rows.reset_index(drop=True)
+        order = np.argsort(schema.seconds(rows[schema.timestamp]), kind="stable")
+        return rows.iloc[order[: detector.window + 4]][columns].reset_index(drop=True)
     if detector.kind != "tabular":
         return None
     columns = [c for c in (*detector.schema_.names, *detector.schema_.ignored) if c in sample]

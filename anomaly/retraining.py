@@ -7,6 +7,11 @@ decision, all recorded in MLflow.
                                                   → promote (champion → challenger,
                                                     previous → old champion) or keep
 
+Tables, time series and images retrain alike. The holdout of a table or of images is a random
+share of the new data; a time series' is the last share of each series in time, so the gate
+sees what comes after the challenger's training data, as in production (its points are scored
+by the windows inside the holdout).
+
 The challenger is always registered (alias ``challenger``), so a refused one can be inspected
 and promoted by hand; ``champion`` moves only when every rule passes.
 """
@@ -20,9 +25,16 @@ import numpy as np
 import pandas as pd
 
 from anomaly import registry
+from anomaly.data.images import ImageSource, load_images
 from anomaly.data.tabular import TabularSchema, read_csv
 from anomaly.detector import Detector
 from anomaly.errors import InputError
+from anomaly.image import ImageDetector
+from anomaly.persistence import load_detector_dir
+from anomaly.sequence import SequenceDetector
+
+AnyDetector = Detector | SequenceDetector | ImageDetector
+NewData = pd.DataFrame | ImageSource  # rows of a table or series, or images
 
 MODES = ("fresh", "finetune", "append")
 CHALLENGER = "challenger"
@@ -80,13 +92,24 @@ class RetrainResult:
     run_id: str
 
 
-def compare_schema(champion: Detector, frame: pd.DataFrame) -> SchemaReport:
+def read_columns(champion: Detector | SequenceDetector) -> list[str]:
+    """The columns ``champion`` reads: its data must have them all."""
+    schema = champion.schema_
+    if champion.kind == "sequence":
+        return [c for c in (schema.timestamp, schema.series, *schema.values) if c]
+    return schema.names
+
+
+def compare_schema(champion: Detector | SequenceDetector, frame: pd.DataFrame) -> SchemaReport:
     """How ``frame``'s columns differ from what ``champion`` reads."""
     schema = champion.schema_
+    needed = read_columns(champion)
     report = SchemaReport()
-    report.removed = [c for c in schema.names if c not in frame.columns]
-    known = set(schema.names) | set(schema.ignored)
+    report.removed = [c for c in needed if c not in frame.columns]
+    known = set(needed) | set(getattr(schema, "ignored", ())) | set(champion.exclude)
     report.added = [c for c in frame.columns if c not in known]
+    if champion.kind == "sequence":  # value columns are checked as they are parsed
+        return report
     present = [c for c in schema.names if c in frame.columns]
     if present:
         fresh = TabularSchema.infer(frame[present], max_categories=champion.max_categories)
@@ -106,11 +129,11 @@ def compare_schema(champion: Detector, frame: pd.DataFrame) -> SchemaReport:
 
 def retrain(
     name: str,
-    new_data: pd.DataFrame,
+    new_data: NewData | str | Path,
     *,
     mode: str = "fresh",
     holdout: float = 0.2,
-    anomalies: pd.DataFrame | None = None,
+    anomalies: NewData | str | Path | None = None,
     rules: GateRules | None = None,
     epochs: int | None = None,
     data_source: str | None = None,
@@ -119,16 +142,27 @@ def retrain(
 ) -> RetrainResult:
     """Train a challenger for ``models:/NAME@champion`` on ``new_data``, gate it, decide.
 
+    The champion is a table, time-series or image model; the challenger is of the same kind
+    and settings.
+
     Parameters
     ----------
+    new_data : DataFrame, images, or a path
+        New normal data: rows of a table, points of time series (any order), or images (a
+        folder, files or an array, as :func:`anomaly.data.images.load_images` reads). A path
+        is read as the champion's kind reads: a CSV file, or images. It is then the
+        ``data_source`` recorded, unless one is given.
     mode : {"fresh", "finetune", "append"}
         ``fresh``: the champion's settings, new weights. ``finetune``: continue from the
         champion's weights, schema and preprocessing. ``append``: fresh on the champion's
         training data (the file its run names) plus the new rows.
     holdout : float
-        Share of ``new_data`` kept for the gate, never trained on.
-    anomalies : DataFrame, optional
-        Labelled anomalies: the gate then compares AUROC and AUPRC as well.
+        Share of ``new_data`` kept for the gate, never trained on: random rows of a table, the
+        last share in time of each series.
+    anomalies : DataFrame, images, or a path, optional
+        Labelled anomalies, in the form of ``new_data``: the gate then compares AUROC and
+        AUPRC as well. For a time series, stretches of series known to be anomalous
+        (incidents): each of their scored points counts as an anomaly.
 
     Raises
     ------
@@ -142,33 +176,40 @@ def retrain(
         raise InputError(f"holdout must be in (0, 1), got {holdout}")
     rules = rules or GateRules()
     champion_ref = registry.resolve(f"models:/{name}@{registry.CHAMPION}")
-    champion = Detector.load(champion_ref.path)
-    report = compare_schema(champion, new_data)
-    if not report.compatible:
-        raise SchemaMismatch(
-            f"new data does not fit {name} v{champion_ref.version}: " + "; ".join(report.lines())
-        )
-    if anomalies is not None:
-        missing = [c for c in champion.schema_.names if c not in anomalies.columns]
-        if missing:
-            raise InputError(f"anomalies: missing column {missing[0]!r}", column=missing[0])
+    champion = load_detector_dir(champion_ref.path)
+    if isinstance(new_data, str | Path) and data_source is None:
+        data_source = str(Path(new_data).resolve())
+    new_data = _read(champion, new_data)
+    anomalies = None if anomalies is None else _read(champion, anomalies)
+    report = SchemaReport()  # images are resized to the model's size: nothing to compare
+    if champion.kind != "image":
+        report = compare_schema(champion, new_data)
+        if not report.compatible:
+            raise SchemaMismatch(
+                f"new data does not fit {name} v{champion_ref.version}: "
+                + "; ".join(report.lines())
+            )
+        if anomalies is not None:
+            missing = [c for c in read_columns(champion) if c not in anomalies.columns]
+            if missing:
+                raise InputError(f"anomalies: missing column {missing[0]!r}", column=missing[0])
 
-    order = np.random.default_rng(seed).permutation(len(new_data))
-    n_holdout = max(1, round(holdout * len(new_data)))
-    held_out = new_data.iloc[order[:n_holdout]]
-    train_rows = new_data.iloc[order[n_holdout:]]
+    train_rows, held_out = _split_holdout(champion, new_data, holdout, seed)
     if mode == "append":
-        train_rows = pd.concat([_champion_training_data(champion_ref), train_rows],
-                               ignore_index=True)  # fmt: skip
+        train_rows = _concat(_read(champion, _champion_data_source(champion_ref)), train_rows)
 
     params = champion.get_params() | {"seed": seed, "progress": progress, "device": "auto"}
-    params["exclude"] = [*champion.exclude, *report.added]
+    if champion.kind == "sequence":  # the same value columns, whatever else the data holds
+        params["value_cols"] = list(champion.schema_.values)
+    elif champion.kind == "tabular":
+        params["exclude"] = [*champion.exclude, *report.added]
     if epochs is not None:
         params["epochs"] = epochs
-    challenger = Detector(**params).fit(
+    challenger = type(champion)(**params).fit(
         train_rows, warm_start_from=champion if mode == "finetune" else None
     )
-    logged = registry.log_detector(challenger, register=name, sample=train_rows,
+    sample = train_rows if isinstance(train_rows, pd.DataFrame) else None
+    logged = registry.log_detector(challenger, register=name, sample=sample,
                                    data_source=data_source)  # fmt: skip
     registry.promote(name, logged.version, alias=CHALLENGER)
 
@@ -198,37 +239,95 @@ def retrain(
                          str(logged.version), logged.run_id)  # fmt: skip
 
 
-def _champion_training_data(ref: registry.ModelRef) -> pd.DataFrame:
+def _read(champion: AnyDetector, data: NewData | str | Path) -> pd.DataFrame | np.ndarray:
+    """Data as the champion's kind takes it: a DataFrame, or an array of images."""
+    if champion.kind == "image":
+        return load_images(data, champion.image_size_, champion.channels)[0]
+    if isinstance(data, str | Path):
+        return read_csv(data)
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(f"expected a DataFrame or a CSV path, got {type(data).__name__}")
+    return data
+
+
+def _split_holdout(
+    champion: AnyDetector, new_data: pd.DataFrame | np.ndarray, holdout: float, seed: int
+) -> tuple:
+    """(data to train on, data held out for the gate)."""
+    if champion.kind != "sequence":
+        order = np.random.default_rng(seed).permutation(len(new_data))
+        n_holdout = max(1, round(holdout * len(new_data)))
+        return _take(new_data, order[n_holdout:]), _take(new_data, order[:n_holdout])
+    schema = champion.schema_
+    train_rows, held_out = schema.split_in_time(new_data, holdout)
+    series = held_out[schema.series] if schema.series else pd.Series(0, index=held_out.index)
+    longest = int(series.value_counts().max()) if len(series) else 0
+    if longest < champion.window:
+        raise InputError(
+            f"the holdout (the last {holdout:.0%} of each series) holds at most {longest} "
+            f"points of a series, fewer than one window ({champion.window} points): give "
+            "longer series or a larger holdout"
+        )
+    return train_rows, held_out
+
+
+def _take(data: pd.DataFrame | np.ndarray, idx: np.ndarray) -> pd.DataFrame | np.ndarray:
+    return data.iloc[idx] if isinstance(data, pd.DataFrame) else data[np.sort(idx)]
+
+
+def _concat(old: pd.DataFrame | np.ndarray, new: pd.DataFrame | np.ndarray):
+    if isinstance(old, pd.DataFrame):
+        return pd.concat([old, new], ignore_index=True)
+    return np.concatenate([old, new])
+
+
+def _champion_data_source(ref: registry.ModelRef) -> str:
     source = registry.run_param(ref.run_id, "data") if ref.run_id else None
-    if not source or not Path(source).is_file():
+    if not source or not Path(source).exists():
         raise InputError(
             f"--mode append needs the champion's training data, but its run names "
-            f"{source!r}, which is not a readable file here; use --mode fresh or finetune"
+            f"{source!r}, which is not readable here; use --mode fresh or finetune"
         )
-    return read_csv(source)
+    return source
 
 
 def _gate_figures(
-    champion: Detector, challenger: Detector, held_out: pd.DataFrame, anomalies: pd.DataFrame | None
+    champion: AnyDetector,
+    challenger: AnyDetector,
+    held_out: pd.DataFrame | np.ndarray,
+    anomalies: pd.DataFrame | np.ndarray | None,
 ) -> dict[str, float]:
     from scipy.stats import ks_2samp
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     figures: dict[str, float] = {"holdout_rows": float(len(held_out))}
     for role, detector in (("champion", champion), ("challenger", challenger)):
-        normal = detector.score_samples(held_out)
+        normal = _scored(detector, held_out, "the holdout")
         figures[f"{role}_fpr"] = float(np.mean(normal > detector.threshold_))
         # How far new normal scores moved from the scores the threshold was calibrated on.
         figures[f"{role}_score_shift_ks"] = float(
             ks_2samp(detector.calibrator_.scores_, normal).statistic
         )
         if anomalies is not None:
-            scores = np.concatenate([normal, detector.score_samples(anomalies)])
-            labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalies))]
+            flagged = _scored(detector, anomalies, "the anomalies")
+            scores = np.concatenate([normal, flagged])
+            labels = np.r_[np.zeros(len(normal)), np.ones(len(flagged))]
             figures[f"{role}_auroc"] = float(roc_auc_score(labels, scores))
             figures[f"{role}_auprc"] = float(average_precision_score(labels, scores))
             figures[f"{role}_recall"] = float(np.mean(scores[len(normal) :] > detector.threshold_))
     return figures
+
+
+def _scored(detector: AnyDetector, data: pd.DataFrame | np.ndarray, what: str) -> np.ndarray:
+    """Scores of ``data``; a time series' points that no window covers have none."""
+    scores = detector.score_samples(data)
+    scores = scores[~np.isnan(scores)]
+    if len(scores) == 0:
+        raise InputError(
+            f"no point of {what} can be scored: each series there is shorter than one window "
+            f"({detector.window} points); give more data or a larger holdout"
+        )
+    return scores
 
 
 def _apply(rules: GateRules, f: dict, target_fpr: float, labelled: bool) -> tuple[list, list]:

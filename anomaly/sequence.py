@@ -179,26 +179,47 @@ class SequenceDetector(AutoencoderDetector):
         return SequenceAE(**arch, dropout=self.dropout)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, frame: pd.DataFrame) -> SequenceDetector:
-        """Learn normal windows from ``frame``, rows of series believed normal."""
+    def fit(
+        self, frame: pd.DataFrame, *, warm_start_from: SequenceDetector | None = None
+    ) -> SequenceDetector:
+        """Learn normal windows from ``frame``, rows of series believed normal.
+
+        ``warm_start_from``, a fitted detector of the same model and window, is continued
+        from: its schema, scaling and architecture are kept (so its inputs mean the same),
+        training starts from its weights, and both thresholds are calibrated anew on
+        ``frame``'s calibration part.
+        """
         self._check_params()
         frame = _as_frame(frame)
-        schema = SequenceSchema.infer(
-            frame,
-            timestamp=self.timestamp_col,
-            series=self.series_col,
-            values=self.value_cols,
-            exclude=self.exclude,
-            max_gap=self.max_gap,
-        )
+        if warm_start_from is None:
+            schema = SequenceSchema.infer(
+                frame,
+                timestamp=self.timestamp_col,
+                series=self.series_col,
+                values=self.value_cols,
+                exclude=self.exclude,
+                max_gap=self.max_gap,
+            )
+        else:
+            warm_start_from._check_fitted()
+            theirs = (warm_start_from.model, warm_start_from.window)
+            if theirs != (self.model, self.window):
+                raise InputError(
+                    f"cannot warm-start a {self.model!r} model of window {self.window} from a "
+                    f"{theirs[0]!r} one of window {theirs[1]}"
+                )
+            schema = warm_start_from.schema_
         segments = schema.prepare(frame)
         train_part, val_part, cal_part = _split_in_time(
             segments, self.validation_fraction, self.calibration_fraction
         )
-        train_values = np.concatenate([segments.values[a:b] for a, b in train_part.bounds])
-        self.mean_ = train_values.mean(axis=0).astype(np.float32)
-        std = train_values.std(axis=0)
-        self.std_ = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        if warm_start_from is None:
+            train_values = np.concatenate([segments.values[a:b] for a, b in train_part.bounds])
+            self.mean_ = train_values.mean(axis=0).astype(np.float32)
+            std = train_values.std(axis=0)
+            self.std_ = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        else:
+            self.mean_, self.std_ = warm_start_from.mean_, warm_start_from.std_
         scaled = self._scaled(segments.values)
         for part in (train_part, val_part, cal_part):
             part.values = scaled
@@ -219,9 +240,9 @@ class SequenceDetector(AutoencoderDetector):
                 "give longer series, a larger calibration_fraction or a shorter window"
             )
 
-        torch.manual_seed(self.seed)
-        arch = self._architecture(len(schema.values))
-        module = self._build_module(arch)
+        arch, module = self._initial_module(
+            warm_start_from, lambda: self._architecture(len(schema.values))
+        )
         run = self._train(module, x_train, x_val)
         self.schema_, self.architecture_ = schema, arch
         window_scores, point_scores = self._score_segments(cal_part, cal_starts)

@@ -75,7 +75,7 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
     frame = pd.DataFrame(
         [{k: p.get(k) for k in (schema.timestamp, *schema.values)} for p in points]
     )
-    times = schema._times(frame[schema.timestamp], 0)
+    times = schema.seconds(frame[schema.timestamp])
     values = np.column_stack([_to_float(frame[c], c, 0) for c in schema.values])
     return times, values
 

@@ -4,7 +4,7 @@ train and register in MLflow -> list the registry -> batch-score a CSV by alias 
 labelled rows -> serve the champion over HTTP: score records, stream NDJSON, read the metrics
 -> retrain on drifted normal rows while serving: the gate promotes the challenger and the
 service switches to it -> time series: train a window model, score a file per point, serve it
-and stream points.
+and stream points, retrain it on later, taller cycles.
 Everything lands in ./demo-output (MLflow's default store, mlflow.db, included: the commands
 run there); the last lines say where to look.
 """
@@ -78,7 +78,8 @@ def main() -> None:
         "                          runs with losses and plots (loss curve, calibration histogram,\n"
         f"                          latent projection, ROC/PR), the registered model {NAME}\n"
         "                          (v2 = the retrained champion; its run has gate.txt), and\n"
-        f"                          {SERIES}, the time-series model"
+        f"                          {SERIES}, the time-series model (v2 retrained on taller "
+        "cycles)"
     )
 
 
@@ -205,6 +206,14 @@ def time_series() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # The next days: every host's cycle is twice as tall. The champion's threshold no longer
+    # holds; a challenger trained on those days is gated on their last 20% and promoted.
+    taller = make_metric_series(2000, 3, seed=2).assign(
+        timestamp=lambda f: f["timestamp"] + pd.Timedelta(days=3), value=lambda f: 2 * f["value"]
+    )
+    taller.to_csv(OUT / "taller_series.csv", index=False)
+    print(f"\ngenerated {OUT}/taller_series.csv (2,000 later points each, the cycle twice as tall)")
+    run("retrain", "taller_series.csv", "--name", SERIES, "--epochs", "30")
 
 
 if __name__ == "__main__":

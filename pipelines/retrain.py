@@ -1,7 +1,10 @@
 """Retraining for schedulers (cron, Airflow, a Kubernetes CronJob).
 
-    python -m pipelines.retrain --name NAME --data NEW_NORMAL.csv [--mode fresh|finetune|append]
-        [--holdout 0.2] [--anomalies LABELLED.csv]
+    python -m pipelines.retrain --name NAME --data NEW_NORMAL [--mode fresh|finetune|append]
+        [--holdout 0.2] [--anomalies ANOMALIES]
+
+NEW_NORMAL and ANOMALIES are read as the champion reads: a CSV file of table rows or time
+series, or images (a folder or array file).
 
 Trains a challenger on the new normal rows and promotes it to ``champion`` only when it passes
 the gate (see ``anomaly.retraining``). Runs and registry: ``MLFLOW_TRACKING_URI`` or ./mlflow.db.
@@ -18,7 +21,6 @@ import sys
 from pathlib import Path
 
 from anomaly import AnomalyError
-from anomaly.data import read_csv
 from anomaly.retraining import MODES, retrain
 
 PROMOTED, KEPT, BAD_INPUT = 0, 3, 2
@@ -27,22 +29,21 @@ PROMOTED, KEPT, BAD_INPUT = 0, 3, 2
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="registered model")
-    parser.add_argument("--data", required=True, help="CSV of new normal rows")
+    parser.add_argument("--data", required=True, help="new normal data (CSV, or images)")
     parser.add_argument("--mode", default="fresh", choices=MODES)
     parser.add_argument("--holdout", type=float, default=0.2)
-    parser.add_argument("--anomalies", help="CSV of labelled anomalies for the gate")
+    parser.add_argument("--anomalies", help="known anomalies for the gate, like --data")
     parser.add_argument("--epochs", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         result = retrain(
             args.name,
-            read_csv(args.data),
+            Path(args.data),
             mode=args.mode,
             holdout=args.holdout,
-            anomalies=read_csv(args.anomalies) if args.anomalies else None,
+            anomalies=Path(args.anomalies) if args.anomalies else None,
             epochs=args.epochs,
-            data_source=str(Path(args.data).resolve()),
         )
     except AnomalyError as exc:
         logging.error("%s", exc)

@@ -68,7 +68,7 @@ class SequenceSchema:
                 )
         kind = "number" if pd.api.types.is_numeric_dtype(frame[timestamp].dtype) else "datetime"
         schema = cls(timestamp, tuple(values), series, kind, 1.0, float(max_gap))
-        times = schema._times(frame[timestamp], 0)
+        times = schema.seconds(frame[timestamp])
         ids = schema._series_ids(frame)
         steps = [np.diff(np.sort(times[ids == s])) for s in pd.unique(ids)]
         steps = np.concatenate(steps) if steps else np.empty(0)
@@ -85,7 +85,7 @@ class SequenceSchema:
                 f"missing column {missing[0]!r} (the model needs {', '.join(map(repr, needed))})",
                 column=missing[0],
             )
-        times = self._times(frame[self.timestamp], row_offset)
+        times = self.seconds(frame[self.timestamp], row_offset)
         ids = self._series_ids(frame)
         values = (
             np.column_stack([_to_float(frame[c], c, row_offset) for c in self.values])
@@ -114,7 +114,22 @@ class SequenceSchema:
             _interpolate(filled[start:stop], t[start:stop], self.values, names[c[start]])
         return Segments(filled.astype(np.float32), order, bounds, [names[c[s]] for s in starts])
 
-    def _times(self, column: pd.Series, row_offset: int) -> np.ndarray:
+    def split_in_time(self, frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``frame`` cut in two: the rows before the last ``share`` of each series in time,
+        and that last share (each part in ``frame``'s row order)."""
+        times = self.seconds(frame[self.timestamp])
+        codes, _ = pd.factorize(self._series_ids(frame), sort=False)
+        order = np.lexsort((times, codes))
+        sizes = np.bincount(codes)
+        firsts = np.cumsum(sizes) - sizes
+        rank = np.empty(len(frame), dtype=np.int64)  # position of a row within its series
+        rank[order] = np.arange(len(frame)) - firsts[codes[order]]
+        later = rank >= (sizes - np.round(share * sizes).astype(np.int64))[codes]
+        return frame[~later], frame[later]
+
+    def seconds(self, column: pd.Series, row_offset: int = 0) -> np.ndarray:
+        """The timestamps as float64 (seconds since 1970 for dates); an unparsable one is an
+        error naming its row (``row_offset`` + position)."""
         if self.timestamp_kind == "number":
             return _to_float(column, self.timestamp, row_offset)
         parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
