@@ -374,6 +374,7 @@ def serve(
             # that no count outlives it.
             metrics_dir = tempfile.TemporaryDirectory(prefix="anomaly-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = cleanup.enter_context(metrics_dir)
+            cleanup.callback(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
         # A worker imports torch before it answers uvicorn's health check: on a busy or
         # CPU-limited machine that takes longer than uvicorn's 5 s default, and the worker
         # would be killed.
@@ -417,7 +418,7 @@ def retrain(
     """Train a challenger on new normal data; promote it only if it passes the gate.
 
     DATA is read as the champion reads: a CSV file of table rows or time series, or images (a
-    folder, files or arrays). Exit code 0: promoted; 3: the champion stays (the reasons are
+    folder or array file). Exit code 0: promoted; 3: the champion stays (the reasons are
     printed); 2: bad input.
     """
     from anomaly.retraining import GateRules

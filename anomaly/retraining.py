@@ -106,10 +106,9 @@ def compare_schema(champion: Detector | SequenceDetector, frame: pd.DataFrame) -
     needed = read_columns(champion)
     report = SchemaReport()
     report.removed = [c for c in needed if c not in frame.columns]
-    known = set(needed) | set(getattr(schema, "ignored", ())) | set(champion.exclude)
-    report.added = [c for c in frame.columns if c not in known]
-    if champion.kind == "sequence":  # value columns are checked as they are parsed
+    if champion.kind == "sequence":  # it reads only its own columns; values are checked as read
         return report
+    report.added = [c for c in frame.columns if c not in set(needed) | set(schema.ignored)]
     present = [c for c in schema.names if c in frame.columns]
     if present:
         fresh = TabularSchema.infer(frame[present], max_categories=champion.max_categories)
@@ -169,6 +168,10 @@ def retrain(
     SchemaMismatch
         Before any training, when the new data lacks a column the champion reads or a column
         changed kind. Nothing is registered.
+    InputError
+        Before any training, too, when the gate could not score the holdout or the anomalies
+        (a time series with no gap-free stretch of one window), or when appended points of a
+        series do not come after the champion's.
     """
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -195,8 +198,22 @@ def retrain(
                 raise InputError(f"anomalies: missing column {missing[0]!r}", column=missing[0])
 
     train_rows, held_out = _split_holdout(champion, new_data, holdout, seed)
+    # Scored first: data the gate cannot score stops the retrain before anything is trained.
+    champion_scores = _scores(champion, held_out, anomalies)
     if mode == "append":
-        train_rows = _concat(_read(champion, _champion_data_source(champion_ref)), train_rows)
+        earlier = _read(champion, _champion_data_source(champion_ref))
+        overlap = champion.kind == "sequence" and champion.schema_.first_overlap(
+            earlier, train_rows
+        )
+        if overlap:
+            series, start, end = overlap
+            which = f"series {series!r}" if champion.schema_.series else "the series"
+            raise InputError(
+                f"--mode append: the new points of {which} start at {start}, not "
+                f"after the champion's training data, which ends at {end}; give only later "
+                "points, or use --mode fresh"
+            )
+        train_rows = _concat(earlier, train_rows)
 
     params = champion.get_params() | {"seed": seed, "progress": progress, "device": "auto"}
     if champion.kind == "sequence":  # the same value columns, whatever else the data holds
@@ -213,7 +230,8 @@ def retrain(
                                    data_source=data_source)  # fmt: skip
     registry.promote(name, logged.version, alias=CHALLENGER)
 
-    figures = _gate_figures(champion, challenger, held_out, anomalies)
+    scores = {"champion": champion_scores, "challenger": _scores(challenger, held_out, anomalies)}
+    figures = _gate_figures(champion, challenger, scores, len(held_out))
     failures, passes = _apply(rules, figures, challenger.target_fpr, anomalies is not None)
     if not failures:
         promoted, now = registry.promote_if_champion(name, logged.version, champion_ref.version)
@@ -258,17 +276,7 @@ def _split_holdout(
         order = np.random.default_rng(seed).permutation(len(new_data))
         n_holdout = max(1, round(holdout * len(new_data)))
         return _take(new_data, order[n_holdout:]), _take(new_data, order[:n_holdout])
-    schema = champion.schema_
-    train_rows, held_out = schema.split_in_time(new_data, holdout)
-    series = held_out[schema.series] if schema.series else pd.Series(0, index=held_out.index)
-    longest = int(series.value_counts().max()) if len(series) else 0
-    if longest < champion.window:
-        raise InputError(
-            f"the holdout (the last {holdout:.0%} of each series) holds at most {longest} "
-            f"points of a series, fewer than one window ({champion.window} points): give "
-            "longer series or a larger holdout"
-        )
-    return train_rows, held_out
+    return champion.schema_.split_in_time(new_data, holdout)
 
 
 def _take(data: pd.DataFrame | np.ndarray, idx: np.ndarray) -> pd.DataFrame | np.ndarray:
@@ -291,43 +299,58 @@ def _champion_data_source(ref: registry.ModelRef) -> str:
     return source
 
 
+@dataclass
+class _Scores:
+    """One model's scores of the holdout (normal) and of the labelled anomalies, if any."""
+
+    normal: np.ndarray
+    anomalies: np.ndarray | None
+
+
+def _scores(detector: AnyDetector, held_out, anomalies) -> _Scores:
+    normal = _scored(detector, held_out, "the holdout", "give more data or a larger holdout")
+    if anomalies is None:
+        return _Scores(normal, None)
+    return _Scores(normal, _scored(detector, anomalies, "the anomalies", "give longer stretches"))
+
+
+def _scored(detector: AnyDetector, data, what: str, remedy: str) -> np.ndarray:
+    """Scores of ``data``; a time series' points that no window covers have none."""
+    scores = detector.score_samples(data)
+    if detector.kind != "sequence":
+        if len(scores) == 0:
+            raise InputError(f"{what}: nothing to score")
+        return scores
+    scores = scores[~np.isnan(scores)]
+    if len(scores) == 0:
+        raise InputError(
+            f"no point of {what} can be scored: no stretch of a series there, between gaps, "
+            f"holds one window ({detector.window} points); {remedy}"
+        )
+    return scores
+
+
 def _gate_figures(
-    champion: AnyDetector,
-    challenger: AnyDetector,
-    held_out: pd.DataFrame | np.ndarray,
-    anomalies: pd.DataFrame | np.ndarray | None,
+    champion: AnyDetector, challenger: AnyDetector, scores: dict[str, _Scores], n_holdout: int
 ) -> dict[str, float]:
     from scipy.stats import ks_2samp
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    figures: dict[str, float] = {"holdout_rows": float(len(held_out))}
+    figures: dict[str, float] = {"holdout_rows": float(n_holdout)}
     for role, detector in (("champion", champion), ("challenger", challenger)):
-        normal = _scored(detector, held_out, "the holdout")
+        normal, flagged = scores[role].normal, scores[role].anomalies
         figures[f"{role}_fpr"] = float(np.mean(normal > detector.threshold_))
         # How far new normal scores moved from the scores the threshold was calibrated on.
         figures[f"{role}_score_shift_ks"] = float(
             ks_2samp(detector.calibrator_.scores_, normal).statistic
         )
-        if anomalies is not None:
-            flagged = _scored(detector, anomalies, "the anomalies")
-            scores = np.concatenate([normal, flagged])
+        if flagged is not None:
+            both = np.concatenate([normal, flagged])
             labels = np.r_[np.zeros(len(normal)), np.ones(len(flagged))]
-            figures[f"{role}_auroc"] = float(roc_auc_score(labels, scores))
-            figures[f"{role}_auprc"] = float(average_precision_score(labels, scores))
-            figures[f"{role}_recall"] = float(np.mean(scores[len(normal) :] > detector.threshold_))
+            figures[f"{role}_auroc"] = float(roc_auc_score(labels, both))
+            figures[f"{role}_auprc"] = float(average_precision_score(labels, both))
+            figures[f"{role}_recall"] = float(np.mean(flagged > detector.threshold_))
     return figures
-
-
-def _scored(detector: AnyDetector, data: pd.DataFrame | np.ndarray, what: str) -> np.ndarray:
-    """Scores of ``data``; a time series' points that no window covers have none."""
-    scores = detector.score_samples(data)
-    scores = scores[~np.isnan(scores)]
-    if len(scores) == 0:
-        raise InputError(
-            f"no point of {what} can be scored: each series there is shorter than one window "
-            f"({detector.window} points); give more data or a larger holdout"
-        )
-    return scores
 
 
 def _apply(rules: GateRules, f: dict, target_fpr: float, labelled: bool) -> tuple[list, list]:

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from anomaly import registry
+from anomaly.errors import InputError
 from anomaly.image import ImageDetector
 from anomaly.retraining import retrain
 
@@ -99,3 +100,15 @@ def test_finetune_keeps_the_normalisation_and_append_adds_the_champions_images(c
         f"models:/{name}/{appended.challenger_version}"
     ).training_summary_
     assert sum(summary[k] for k in ("n_train", "n_validation", "n_calibration")) == 200 + 80
+
+
+def test_warm_start_continues_from_the_champions_weights(champion):
+    _, first = champion
+    images = pictures(100, seed=4)
+    warm = ImageDetector(model="ae", **{**SETTINGS, "epochs": 1}, lr=1e-6).fit(
+        images, warm_start_from=first
+    )
+    for name, weights in first.module_.state_dict().items():
+        assert torch.allclose(warm.module_.state_dict()[name], weights, atol=1e-4), name
+    with pytest.raises(InputError, match="cannot warm-start a 'vae' model"):
+        ImageDetector(model="vae", **SETTINGS).fit(images, warm_start_from=first)

@@ -7,6 +7,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from anomaly import registry
@@ -75,7 +76,7 @@ def test_drift_promotes_a_challenger_trained_on_the_past_of_each_series(champion
     assert result.figures["challenger_fpr"] <= 0.02
     assert result.promoted, result.reasons
     assert aliases(champion) == {"champion": "2", "previous": "1", "challenger": "2"}
-    assert result.schema.added == ["extra"]  # not "label": the champion excluded it
+    assert result.schema.lines() == []  # the model reads its own columns only
     challenger = registry.load_detector(f"models:/{champion}@champion")
     assert isinstance(challenger, SequenceDetector)
     assert challenger.schema_.values == ("value",)  # the new numeric column is not read
@@ -118,8 +119,14 @@ def test_bad_requests_promote_nothing(champion, tmp_path):
         retrain(champion, new.rename(columns={"value": "reading"}))
     with pytest.raises(InputError, match="anomalies: missing column 'host'"):
         retrain(champion, new, anomalies=new.drop(columns=["host"]))
-    with pytest.raises(InputError, match=f"fewer than one window \\({WINDOW} points\\)"):
+    short = f"no point of the holdout can be scored: .* one window \\({WINDOW} points\\)"
+    with pytest.raises(InputError, match=short):
         retrain(champion, new, holdout=0.05)  # 20 points of each series held out
+    incidents = new[new["timestamp"] < new["timestamp"].min() + pd.Timedelta(10, "min")]
+    with pytest.raises(InputError, match="no point of the anomalies can be scored"):
+        retrain(champion, new, anomalies=incidents)
+    with pytest.raises(InputError, match=r"--mode append: the new points of series 'h[01]' start"):
+        retrain(champion, make_metric_series(400, 2, seed=10), mode="append")  # not later
     new.drop(columns=["host"]).to_csv(tmp_path / "bad.csv", index=False)
     assert retrain_pipeline.main(["--name", champion, "--data", str(tmp_path / "bad.csv")]) == 2
     assert aliases(champion) == {"champion": "1"}  # nothing trained, nothing registered
@@ -132,3 +139,15 @@ def test_warm_start_needs_the_same_model_and_window(fitted, first_rows):
         SequenceDetector(series_col="host", model="vae", window=WINDOW).fit(
             first_rows, warm_start_from=fitted
         )
+
+
+def test_warm_start_continues_from_the_champions_weights(fitted, first_rows):
+    settings = {"series_col": "host", "exclude": ["label"], "window": WINDOW, "epochs": 1}
+    warm = SequenceDetector(**settings, lr=1e-6).fit(first_rows, warm_start_from=fitted)
+    fresh = SequenceDetector(**settings, lr=1e-6).fit(first_rows)
+    for name, weights in fitted.module_.state_dict().items():
+        assert torch.allclose(warm.module_.state_dict()[name], weights, atol=1e-4), name
+    assert not all(
+        torch.allclose(fresh.module_.state_dict()[name], weights, atol=1e-4)
+        for name, weights in fitted.module_.state_dict().items()
+    )

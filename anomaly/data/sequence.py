@@ -127,6 +127,30 @@ class SequenceSchema:
         later = rank >= (sizes - np.round(share * sizes).astype(np.int64))[codes]
         return frame[~later], frame[later]
 
+    def first_overlap(self, earlier: pd.DataFrame, later: pd.DataFrame) -> tuple | None:
+        """``(series, start, end)`` of the first series that ``later`` does not continue: it
+        starts at ``start``, not after ``earlier``'s last point of it at ``end`` (times as
+        text); None when every series of ``later`` comes after ``earlier``'s."""
+        ends = (
+            pd.Series(self.seconds(earlier[self.timestamp]))
+            .groupby(self._series_ids(earlier))
+            .max()
+        )
+        starts = (
+            pd.Series(self.seconds(later[self.timestamp])).groupby(self._series_ids(later)).min()
+        )
+        shared = ends.index.intersection(starts.index)
+        late = shared[(starts[shared] <= ends[shared]).to_numpy()]
+        if len(late) == 0:
+            return None
+        name = late[0]
+        return name, self._shown(starts[name]), self._shown(ends[name])
+
+    def _shown(self, seconds: float) -> str:
+        if self.timestamp_kind == "number":
+            return f"{seconds:g}"
+        return pd.Timestamp(seconds, unit="s", tz="UTC").isoformat()
+
     def seconds(self, column: pd.Series, row_offset: int = 0) -> np.ndarray:
         """The timestamps as float64 (seconds since 1970 for dates); an unparsable one is an
         error naming its row (``row_offset`` + position)."""
