@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from anomaly import registry
 from anomaly.datasets import make_service_metrics
-from anomaly.retraining import GateRules, SchemaMismatch, compare_schema, retrain
+from anomaly.retraining import GateRules, SchemaMismatch, apply_rules, compare_schema, retrain
 from pipelines import retrain as retrain_pipeline
 
 
@@ -179,3 +179,16 @@ def test_racing_promotions_leave_one_winner(fitted_ae):
     winner = "2" if outcomes[0][0] else "3"
     assert aliases(name) == {"champion": winner, "previous": "1"}
     assert name + "--promotion-lock" not in {m["name"] for m in registry.list_models()}
+
+
+@pytest.mark.parametrize(
+    ("flagged", "held_out", "passes"),
+    [(1, 40, True), (2, 40, True), (3, 40, False),  # one image in 40 is 2.5%, yet no evidence
+     (5, 100, True), (6, 100, False), (223, 10_000, True), (224, 10_000, False)],
+)  # fmt: skip
+def test_the_fpr_rule_allows_for_the_size_of_the_holdout(flagged, held_out, passes):
+    figures = {"challenger_false_positives": flagged, "holdout_scored": held_out,
+               "challenger_fpr": flagged / held_out, "champion_fpr": 0.5}  # fmt: skip
+    failures, passed = apply_rules(GateRules(), figures, target_fpr=0.01)
+    assert (not failures) == passes, failures or passed
+    assert f"({flagged} of {held_out}) vs 0.0200 (2 x target 0.01)" in (failures or passed)[0]
