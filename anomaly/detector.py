@@ -215,10 +215,6 @@ class Detector(AutoencoderDetector):
             )
         else:
             warm_start_from._check_fitted()
-            if warm_start_from.model != self.model:
-                raise InputError(
-                    f"cannot warm-start a {self.model!r} model from a {warm_start_from.model!r} one"
-                )
             schema = warm_start_from.schema_
         columns = schema.coerce(X)
         rng = np.random.default_rng(self.seed)

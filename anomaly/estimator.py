@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly.errors import ModelFormatError, NotFittedError
+from anomaly.errors import InputError, ModelFormatError, NotFittedError
 from anomaly.persistence import load_model_dir, save_model_dir
 from anomaly.training import TrainConfig, resolve_device, train
 
@@ -53,9 +53,25 @@ class AutoencoderDetector:
         self, warm_start_from: AutoencoderDetector | None, architecture: Callable[[], dict]
     ) -> tuple[dict, torch.nn.Module]:
         """The architecture and module that training starts from: new, seeded weights in the
-        shape ``architecture()`` gives, or ``warm_start_from``'s shape and weights."""
+        shape ``architecture()`` gives, or ``warm_start_from``'s shape and weights (which must
+        be that shape: this detector's settings describe the model it trains)."""
         torch.manual_seed(self.seed)
-        arch = architecture() if warm_start_from is None else warm_start_from.architecture_
+        arch = architecture()
+        if warm_start_from is not None:
+            warm_start_from._check_fitted()
+            kinds = (type(warm_start_from).__name__, warm_start_from.model)
+            if kinds != (type(self).__name__, self.model):
+                raise InputError(f"cannot warm-start a {self.model!r} {type(self).__name__} "
+                                 f"from a {kinds[1]!r} {kinds[0]}")  # fmt: skip
+            theirs = warm_start_from.architecture_
+            # (compared as flat lists: a saved architecture's tuples came back from JSON as lists)
+            differ = [k for k in theirs if k in arch and _flat(arch[k]) != _flat(theirs[k])]
+            if differ:
+                raise InputError(
+                    "cannot warm-start from a model of another shape: "
+                    + ", ".join(f"{k} {theirs[k]} there, {arch[k]} here" for k in differ)
+                )
+            arch = theirs
         module = self._build_module(arch)
         if warm_start_from is not None:
             module.load_state_dict(warm_start_from.module_.state_dict())
@@ -141,3 +157,7 @@ class AutoencoderDetector:
         """Constructor arguments from their JSON form (a subclass turns lists back into the
         tuples it takes)."""
         return params
+
+
+def _flat(value) -> list:
+    return np.ravel(value).tolist()

@@ -248,7 +248,7 @@ class ImageDetector(AutoencoderDetector):
         calibration_data : folder, file(s) or ndarray, optional
             Separate normal images for calibration.
         warm_start_from : ImageDetector, optional
-            A fitted detector of the same model, size and channels to continue from: its
+            A fitted detector of the same model and shape to continue from: its
             normalisation and architecture are kept, training starts from its weights, and the
             threshold is calibrated anew.
 
@@ -257,15 +257,6 @@ class ImageDetector(AutoencoderDetector):
         self
         """
         self._check_params()
-        if warm_start_from is not None:
-            warm_start_from._check_fitted()
-            theirs = (warm_start_from.model, warm_start_from.image_size_, warm_start_from.channels)
-            if theirs != (self.model, self.image_size_, self.channels):
-                raise InputError(
-                    f"cannot warm-start a {self.model!r} model of {self.image_size_} images with "
-                    f"{self.channels} channel(s) from a {theirs[0]!r} one of {theirs[1]} with "
-                    f"{theirs[2]}"
-                )
         x, _ = self._load(images)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(x))
@@ -291,6 +282,7 @@ class ImageDetector(AutoencoderDetector):
         if warm_start_from is None:
             normalizer = ImageNormalizer().fit(x_train)  # on the training images only
         else:
+            warm_start_from._check_fitted()
             normalizer = warm_start_from.normalizer_
         x_train = normalizer.transform(x_train)
         x_val = normalizer.transform(x[val_idx])

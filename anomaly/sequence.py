@@ -184,7 +184,7 @@ class SequenceDetector(AutoencoderDetector):
     ) -> SequenceDetector:
         """Learn normal windows from ``frame``, rows of series believed normal.
 
-        ``warm_start_from``, a fitted detector of the same model and window, is continued
+        ``warm_start_from``, a fitted detector of the same model and shape, is continued
         from: its schema, scaling and architecture are kept (so its inputs mean the same),
         training starts from its weights, and both thresholds are calibrated anew on
         ``frame``'s calibration part.
@@ -202,12 +202,6 @@ class SequenceDetector(AutoencoderDetector):
             )
         else:
             warm_start_from._check_fitted()
-            theirs = (warm_start_from.model, warm_start_from.window)
-            if theirs != (self.model, self.window):
-                raise InputError(
-                    f"cannot warm-start a {self.model!r} model of window {self.window} from a "
-                    f"{theirs[0]!r} one of window {theirs[1]}"
-                )
             schema = warm_start_from.schema_
         segments = schema.prepare(frame)
         train_part, val_part, cal_part = _split_in_time(

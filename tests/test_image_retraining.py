@@ -110,5 +110,5 @@ def test_warm_start_continues_from_the_champions_weights(champion):
     )
     for name, weights in first.module_.state_dict().items():
         assert torch.allclose(warm.module_.state_dict()[name], weights, atol=1e-4), name
-    with pytest.raises(InputError, match="cannot warm-start a 'vae' model"):
+    with pytest.raises(InputError, match="cannot warm-start a 'vae' ImageDetector from a 'ae'"):
         ImageDetector(model="vae", **SETTINGS).fit(images, warm_start_from=first)

@@ -133,9 +133,9 @@ def test_bad_requests_promote_nothing(champion, tmp_path):
 
 
 def test_warm_start_needs_the_same_model_and_window(fitted, first_rows):
-    with pytest.raises(InputError, match="cannot warm-start a 'ae' model of window 12"):
+    with pytest.raises(InputError, match="another shape: window 24 there, 12 here"):
         SequenceDetector(series_col="host", window=12).fit(first_rows, warm_start_from=fitted)
-    with pytest.raises(InputError, match="cannot warm-start a 'vae' model"):
+    with pytest.raises(InputError, match="cannot warm-start a 'vae' SequenceDetector from a 'ae'"):
         SequenceDetector(series_col="host", model="vae", window=WINDOW).fit(
             first_rows, warm_start_from=fitted
         )
@@ -151,3 +151,10 @@ def test_warm_start_continues_from_the_champions_weights(fitted, first_rows):
         torch.allclose(fresh.module_.state_dict()[name], weights, atol=1e-4)
         for name, weights in fitted.module_.state_dict().items()
     )
+
+
+def test_warm_start_needs_the_same_shape(fitted, first_rows):
+    with pytest.raises(InputError, match="another shape: hidden 32 there, 16 here"):
+        SequenceDetector(series_col="host", window=WINDOW, hidden=16).fit(
+            first_rows, warm_start_from=fitted
+        )
