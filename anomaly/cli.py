@@ -408,7 +408,10 @@ def retrain(
         int | None, typer.Option(help="Most epochs (default: the champion's).")
     ] = None,
     max_fpr_ratio: Annotated[
-        float, typer.Option(help="Challenger's holdout FPR may be at most this x its target.")
+        float,
+        typer.Option(
+            help="Challenger's holdout FPR may not be above this x its target (beyond chance)."
+        ),
     ] = 2.0,
     max_auroc_drop: Annotated[
         float, typer.Option(help="How far the challenger's AUROC may fall below the champion's.")

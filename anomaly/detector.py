@@ -199,9 +199,9 @@ class Detector(AutoencoderDetector):
         calibration_data : DataFrame, optional
             Separate normal rows for calibration.
         warm_start_from : Detector, optional
-            A fitted detector to continue from: its schema, preprocessing and architecture are
-            kept (so its input features mean the same), training starts from its weights, and
-            the threshold is calibrated anew on ``X``'s calibration rows.
+            A fitted detector of the same model and shape to continue from: its schema and
+            preprocessing are kept (so its input features mean the same), training starts from
+            its weights, and the threshold is calibrated anew on ``X``'s calibration rows.
 
         Returns
         -------

@@ -257,6 +257,8 @@ class ImageDetector(AutoencoderDetector):
         self
         """
         self._check_params()
+        # First: a warm start from a model of another shape fails before any image is read.
+        arch, module = self._initial_module(warm_start_from, self._architecture)
         x, _ = self._load(images)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(x))
@@ -282,12 +284,10 @@ class ImageDetector(AutoencoderDetector):
         if warm_start_from is None:
             normalizer = ImageNormalizer().fit(x_train)  # on the training images only
         else:
-            warm_start_from._check_fitted()
             normalizer = warm_start_from.normalizer_
         x_train = normalizer.transform(x_train)
         x_val = normalizer.transform(x[val_idx])
 
-        arch, module = self._initial_module(warm_start_from, self._architecture)
         n_train = len(train_idx)
         batch_size = self.batch_size or _auto_image_batch(n_train)
         run = self._train(module, x_train, x_val, batch_size=batch_size)

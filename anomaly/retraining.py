@@ -18,6 +18,7 @@ and promoted by hand; ``champion`` moves only when every rule passes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class GateRules:
     fpr_significance: float = 0.05
     max_auroc_drop: float = 0.01
     max_auprc_drop: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fpr_significance < 1.0:
+            raise InputError(f"fpr_significance must be in (0, 1), got {self.fpr_significance}")
+        if not self.max_fpr_ratio > 0:
+            raise InputError(f"max_fpr_ratio must be positive, got {self.max_fpr_ratio}")
 
 
 @dataclass
@@ -236,9 +243,15 @@ def retrain(
                                    data_source=data_source)  # fmt: skip
     registry.promote(name, logged.version, alias=CHALLENGER)
 
-    scores = {"champion": champion_scores, "challenger": _scores(challenger, held_out, anomalies)}
-    figures = _gate_figures(champion, challenger, scores, len(held_out))
-    failures, passes = apply_rules(rules, figures, challenger.target_fpr)
+    try:
+        challenger_scores = _scores(challenger, held_out, anomalies)
+    except InputError as exc:  # e.g. it splits series at gaps the champion did not see
+        figures = {"holdout_rows": float(len(held_out))}
+        failures, passes = [f"failed: the challenger could not score the gate's data: {exc}"], []
+    else:
+        scores = {"champion": champion_scores, "challenger": challenger_scores}
+        figures = _gate_figures(champion, challenger, scores, len(held_out))
+        failures, passes = apply_rules(rules, figures, challenger.target_fpr)
     if not failures:
         promoted, now = registry.promote_if_champion(name, logged.version, champion_ref.version)
         if not promoted:
@@ -343,9 +356,11 @@ def _gate_figures(
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     figures: dict[str, float] = {"holdout_rows": float(n_holdout)}
+    if champion.kind == "sequence":  # a point's score averages the windows over it
+        figures["score_span"] = float(champion.window)
     for role, detector in (("champion", champion), ("challenger", challenger)):
         normal, flagged = scores[role].normal, scores[role].anomalies
-        figures["holdout_scored"] = float(len(normal))  # a series' first points have no score
+        figures["holdout_scored"] = float(len(normal))  # a series' too short stretches: none
         figures[f"{role}_false_positives"] = float(np.sum(normal > detector.threshold_))
         figures[f"{role}_fpr"] = float(np.mean(normal > detector.threshold_))
         # How far new normal scores moved from the scores the threshold was calibrated on.
@@ -371,11 +386,16 @@ def apply_rules(rules: GateRules, f: dict[str, float], target_fpr: float) -> tup
     def check(ok: bool, text: str) -> None:
         (passes if ok else failures).append(("passed: " if ok else "failed: ") + text)
 
-    limit = rules.max_fpr_ratio * target_fpr
+    limit = min(rules.max_fpr_ratio * target_fpr, 1.0)
     k, n = int(f["challenger_false_positives"]), int(f["holdout_scored"])
+    counted = f"{k} of {n}"
+    span = int(f.get("score_span", 1))
+    if span > 1:  # a series' neighbouring point scores share windows: one flag in ~span counts
+        k, n = math.ceil(k / span), max(1, n // span)
+        counted += f", counted as {k} of {n} windows of {span} points"
     chance = float(binom.sf(k - 1, n, limit))  # P(at least k of n flagged at the limit's rate)
     check(chance >= rules.fpr_significance,
-          f"challenger FPR on the holdout {f['challenger_fpr']:.4f} ({k} of {n}) vs "
+          f"challenger FPR on the holdout {f['challenger_fpr']:.4f} ({counted}) vs "
           f"{limit:.4f} ({rules.max_fpr_ratio:g} x target {target_fpr:g}): a model at that "
           f"rate flags as many with probability {chance:.3g} "
           f"({'>=' if chance >= rules.fpr_significance else '<'} {rules.fpr_significance:g}); "

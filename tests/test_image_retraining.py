@@ -112,3 +112,6 @@ def test_warm_start_continues_from_the_champions_weights(champion):
         assert torch.allclose(warm.module_.state_dict()[name], weights, atol=1e-4), name
     with pytest.raises(InputError, match="cannot warm-start a 'vae' ImageDetector from a 'ae'"):
         ImageDetector(model="vae", **SETTINGS).fit(images, warm_start_from=first)
+    rgb = np.repeat(images[..., None], 3, axis=-1)
+    with pytest.raises(InputError, match=r"in_shape \[1, 16, 16\] there, \[3, 16, 16\] here"):
+        ImageDetector(model="ae", channels=3, **SETTINGS).fit(rgb, warm_start_from=first)

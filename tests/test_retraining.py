@@ -10,6 +10,8 @@ from mlflow import MlflowClient
 
 from anomaly import registry
 from anomaly.datasets import make_service_metrics
+from anomaly.detector import Detector
+from anomaly.errors import InputError
 from anomaly.retraining import GateRules, SchemaMismatch, apply_rules, compare_schema, retrain
 from pipelines import retrain as retrain_pipeline
 
@@ -192,3 +194,22 @@ def test_the_fpr_rule_allows_for_the_size_of_the_holdout(flagged, held_out, pass
     failures, passed = apply_rules(GateRules(), figures, target_fpr=0.01)
     assert (not failures) == passes, failures or passed
     assert f"({flagged} of {held_out}) vs 0.0200 (2 x target 0.01)" in (failures or passed)[0]
+
+
+def test_a_series_counts_its_flags_per_window():
+    figures = {"holdout_scored": 600, "score_span": 24, "champion_fpr": 0.5}
+    one_excursion = {**figures, "challenger_false_positives": 24, "challenger_fpr": 0.04}
+    failures, passed = apply_rules(GateRules(), one_excursion, target_fpr=0.01)
+    assert not failures and "counted as 1 of 25 windows of 24 points" in passed[0]
+    many = {**figures, "challenger_false_positives": 100, "challenger_fpr": 100 / 600}
+    failures, _ = apply_rules(GateRules(), many, target_fpr=0.01)
+    assert failures and "counted as 5 of 25 windows" in failures[0]
+    with pytest.raises(InputError, match="fpr_significance must be in"):
+        GateRules(fpr_significance=0.0)
+
+
+def test_warm_start_needs_the_same_model_and_shape(fitted_ae, normal_rows):
+    with pytest.raises(InputError, match="cannot warm-start a 'vae' Detector from a 'ae' Det"):
+        Detector(model="vae").fit(normal_rows, warm_start_from=fitted_ae)
+    with pytest.raises(InputError, match="another shape: hidden"):
+        Detector(model="ae", hidden=(8,)).fit(normal_rows, warm_start_from=fitted_ae)

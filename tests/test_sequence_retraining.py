@@ -74,6 +74,10 @@ def test_drift_promotes_a_challenger_trained_on_the_past_of_each_series(champion
     assert result.figures["holdout_rows"] == 600  # the last 20% of each 1,500-point series
     assert result.figures["champion_fpr"] > 0.1  # the old threshold no longer holds
     assert result.figures["challenger_fpr"] <= 0.02
+    assert result.figures["holdout_scored"] == 600  # each series' 300 held-out points
+    assert result.figures["score_span"] == WINDOW
+    flagged = result.figures["challenger_false_positives"]
+    assert flagged == round(result.figures["challenger_fpr"] * 600)
     assert result.promoted, result.reasons
     assert aliases(champion) == {"champion": "2", "previous": "1", "challenger": "2"}
     assert result.schema.lines() == []  # the model reads its own columns only
@@ -158,3 +162,17 @@ def test_warm_start_needs_the_same_shape(fitted, first_rows):
         SequenceDetector(series_col="host", window=WINDOW, hidden=16).fit(
             first_rows, warm_start_from=fitted
         )
+
+
+def test_a_challenger_that_cannot_score_the_holdout_is_refused(champion):
+    # Readings every 10 s, then every minute: the challenger learns a 10 s step, so each
+    # minute of the holdout is a gap to it, while the champion (a minute apart) scores it.
+    rows = make_metric_series(1500, 2, seed=11, shuffle=False)
+    steps = np.r_[np.full(1200, 10), np.full(300, 60)]
+    rows["timestamp"] = pd.Timestamp("2024-02-01") + pd.to_timedelta(
+        np.tile(np.cumsum(steps), 2), "s"
+    )
+    result = retrain(champion, rows, epochs=2)
+    assert not result.promoted
+    assert result.reasons[0].startswith("failed: the challenger could not score the gate's data")
+    assert aliases(champion) == {"champion": "1", "challenger": "2"}
