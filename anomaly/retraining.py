@@ -55,7 +55,9 @@ class GateRules:
         a model whose rate were that limit would flag as many holdout rows as the challenger
         did, or more, with a probability below this (a one-sided binomial test). Against a 2%
         limit it refuses from 3 flagged of 40 held-out images, 6 of 100, 29 of 1,000 and 224
-        of 10,000 (2.24%): a small holdout cannot tell a 2% model from a 4% one.
+        of 10,000 (2.24%): a small holdout cannot tell a 2% model from a 4% one. A time
+        series' point scores average the windows over them, so one excursion flags a window's
+        worth of neighbours: there flags and points are counted per window.
     max_auroc_drop, max_auprc_drop : with labelled anomalies, how far below the champion's the
         challenger's AUROC and AUPRC may be.
     """
