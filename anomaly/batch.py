@@ -170,7 +170,7 @@ def _score_series_csv(
     """A file of time series, scored whole: a point's score needs the points around it, in
     any row order. Memory grows with the file (unlike tables, which stream in blocks)."""
     schema = detector.schema_
-    needed = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
+    needed = schema.names
     missing = [c for c in needed if c not in header]
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])

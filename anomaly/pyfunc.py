@@ -124,9 +124,7 @@ def signature(detector: Detector):
     if detector.kind == "image":
         inputs = [ColSpec(AnyType(), IMAGE_COLUMN)]
     elif detector.kind == "sequence":
-        schema = detector.schema_
-        names = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
-        inputs = [ColSpec(AnyType(), name) for name in names]
+        inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
     else:
         inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
         inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]

@@ -344,7 +344,7 @@ def _input_example(detector, sample: pd.DataFrame) -> pd.DataFrame | None:
         rows = sample
         if schema.series:
             rows = rows[rows[schema.series] == rows[schema.series].iloc[0]]
-        columns = [c for c in (schema.timestamp, schema.series, *schema.values) if c]
+        columns = schema.names
         order = np.argsort(schema.seconds(rows[schema.timestamp]), kind="stable")
         return rows.iloc[order[: detector.window + 4]][columns].reset_index(drop=True)
     if detector.kind != "tabular":

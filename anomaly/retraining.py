@@ -107,23 +107,14 @@ class RetrainResult:
     run_id: str
 
 
-def read_columns(champion: Detector | SequenceDetector) -> list[str]:
-    """The columns ``champion`` reads: its data must have them all."""
-    schema = champion.schema_
-    if champion.kind == "sequence":
-        return [c for c in (schema.timestamp, schema.series, *schema.values) if c]
-    return schema.names
-
-
 def compare_schema(champion: Detector | SequenceDetector, frame: pd.DataFrame) -> SchemaReport:
     """How ``frame``'s columns differ from what ``champion`` reads."""
     schema = champion.schema_
-    needed = read_columns(champion)
     report = SchemaReport()
-    report.removed = [c for c in needed if c not in frame.columns]
+    report.removed = [c for c in schema.names if c not in frame.columns]
     if champion.kind == "sequence":  # it reads only its own columns; values are checked as read
         return report
-    report.added = [c for c in frame.columns if c not in set(needed) | set(schema.ignored)]
+    report.added = [c for c in frame.columns if c not in set(schema.names) | set(schema.ignored)]
     present = [c for c in schema.names if c in frame.columns]
     if present:
         fresh = TabularSchema.infer(frame[present], max_categories=champion.max_categories)
@@ -208,7 +199,7 @@ def retrain(
                 + "; ".join(report.lines())
             )
         if anomalies is not None:
-            missing = [c for c in read_columns(champion) if c not in anomalies.columns]
+            missing = [c for c in champion.schema_.names if c not in anomalies.columns]
             if missing:
                 raise InputError(f"anomalies: missing column {missing[0]!r}", column=missing[0])
 
@@ -362,9 +353,10 @@ def _gate_figures(
         figures["score_span"] = float(champion.window)
     for role, detector in (("champion", champion), ("challenger", challenger)):
         normal, flagged = scores[role].normal, scores[role].anomalies
+        false_positive = normal > detector.threshold_
         figures["holdout_scored"] = float(len(normal))  # a series' too short stretches: none
-        figures[f"{role}_false_positives"] = float(np.sum(normal > detector.threshold_))
-        figures[f"{role}_fpr"] = float(np.mean(normal > detector.threshold_))
+        figures[f"{role}_false_positives"] = float(false_positive.sum())
+        figures[f"{role}_fpr"] = float(false_positive.mean())
         # How far new normal scores moved from the scores the threshold was calibrated on.
         figures[f"{role}_score_shift_ks"] = float(
             ks_2samp(detector.calibrator_.scores_, normal).statistic

@@ -38,6 +38,11 @@ class SequenceSchema:
     step: float = 1.0  # the typical step between observations (seconds for dates)
     max_gap: float = 5.0  # a step over max_gap * step starts a new segment
 
+    @property
+    def names(self) -> list[str]:
+        """The columns a model of this schema reads: timestamp, series id (if any), values."""
+        return [c for c in (self.timestamp, self.series, *self.values) if c]
+
     @classmethod
     def infer(
         cls,
