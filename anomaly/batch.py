@@ -1,8 +1,9 @@
 """Scoring CSV files of any size: read in blocks, score, write, and rename into place.
 
-Memory stays bounded by the block size whatever the file's size. Every input column is written
-back exactly as read (as text), followed by the result columns of :meth:`Detector.score`. The
-output appears only when every row has been scored: a bad row anywhere leaves no output file.
+Memory stays bounded by the block size whatever the file's size (for time series, by the
+number of series). Every input column is written back exactly as read (as text), followed by
+the result columns. The output appears only when every row has been scored: a bad row
+anywhere leaves no output file.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import torch
 from tqdm.auto import tqdm
 
 from anomaly.detector import RESULT_COLUMNS, Detector
 from anomaly.errors import InputError
+from anomaly.sequence import RESULT_COLUMNS as SERIES_RESULTS
+from anomaly.sequence import OutOfTimeOrder
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +118,7 @@ def score_csv(
         os.replace(tmp_name, output_path)
     except InputError as exc:
         Path(tmp_name).unlink(missing_ok=True)
-        if exc.row is None:
-            raise
-        # Row numbers count data rows from 0; an editor shows the line (header = line 1).
-        raise InputError(
-            f"{input_path}: {exc} (line {exc.row + 2} of the file)", column=exc.column, row=exc.row
-        ) from None
+        raise _on_line(exc, input_path) from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -167,44 +166,130 @@ def _one_torch_thread_each(workers: int):
 def _score_series_csv(
     detector, input_path: Path, output_path: Path, header: list[str], block_size: int, progress
 ) -> BatchSummary:
-    """A file of time series, scored whole: a point's score needs the points around it, in
-    any row order. Memory grows with the file (unlike tables, which stream in blocks)."""
-    schema = detector.schema_
-    needed = schema.names
-    missing = [c for c in needed if c not in header]
+    """A file of time series: read twice, in blocks. The first pass scores each series' points
+    as they become final (:meth:`SequenceDetector.score_time_ordered`) and keeps the results
+    in a scratch file; the second writes every row with its results. Memory grows with the
+    number of series, not the file. A file whose series are not in time order is scored
+    whole instead (memory then grows with the file)."""
+    missing = [c for c in detector.schema_.names if c not in header]
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])
     kept = [c for c in header if c not in RESULT_COLUMNS]
+    output_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with (
-        tqdm(
-            total=input_path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            desc="reading",
-            disable=not progress,
-        ) as bar,
-        open(input_path, "rb") as raw,
-    ):
+    with tempfile.TemporaryDirectory(prefix=f".{output_path.name}.", dir=output_path.parent) as tmp:
+        results = _ResultsFile(Path(tmp) / "results")
+        try:
+            with _bar(input_path, "scoring", progress) as bar, open(input_path, "rb") as raw:
+                blocks = _read_blocks(_Counting(raw, bar), header, block_size, input_path)
+                for done, scored in detector.score_time_ordered(_parsed(detector.schema_, blocks)):
+                    results.put(done, scored)
+        except OutOfTimeOrder as exc:
+            log.warning("%s: %s; scoring the file whole (memory grows with it)", input_path, exc)
+            return _score_series_whole(
+                detector, input_path, output_path, header, block_size, progress
+            )
+        except InputError as exc:
+            raise _on_line(exc, input_path) from None
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+        rows = flagged = 0
+        try:
+            with (
+                _bar(input_path, "writing", progress) as bar,
+                open(input_path, "rb") as raw,
+                os.fdopen(fd, "wb") as out,
+            ):
+                out.write(_header_line([*kept, *SERIES_RESULTS]))
+                for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
+                    scored = results.get(rows, rows + batch.num_rows)
+                    arrays = [batch.column(name) for name in kept]
+                    arrays += [pa.array(scored[name], from_pandas=True) for name in SERIES_RESULTS]
+                    out.write(_csv_bytes(pa.Table.from_arrays(arrays, [*kept, *SERIES_RESULTS])))
+                    rows += batch.num_rows
+                    flagged += int(scored["is_anomaly"].sum())
+            os.replace(tmp_name, output_path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+    return BatchSummary(rows, flagged, time.perf_counter() - started, output_path)
+
+
+def _parsed(schema, blocks):
+    """``(rows, times, ids, values)`` of each block, as :meth:`SequenceSchema.parse` reads it;
+    bad values name their row in the file."""
+    rows = 0
+    for batch in blocks:
+        frame = pd.DataFrame(
+            {
+                name: _as_read(batch.column(name), keep_empty=name not in schema.values)
+                for name in schema.names
+            }
+        )
+        yield (np.arange(rows, rows + len(frame)), *schema.parse(frame, row_offset=rows))
+        rows += len(frame)
+
+
+def _as_read(column: pa.Array, *, keep_empty: bool) -> np.ndarray:
+    """A text column as the whole-file path reads it: an empty value is missing (None) but
+    for a timestamp or series id, where it stays text, to be refused or named as written."""
+    if keep_empty:
+        column = pc.fill_null(column, "")
+    return column.to_numpy(zero_copy_only=False)
+
+
+class _ResultsFile:
+    """Per-row results of a series file, kept on disk (not in memory) until every row has
+    them: points are scored in each series' time, rows written in the file's order."""
+
+    DTYPE = np.dtype([("anomaly_score", "<f4"), ("is_anomaly", "?"), ("p_value", "<f8")])
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.touch()
+
+    def put(self, rows: np.ndarray, results: dict[str, np.ndarray]) -> None:
+        if not len(rows):
+            return
+        first, stop = int(rows.min()), int(rows.max()) + 1
+        with open(self.path, "r+b") as fh:
+            if fh.seek(0, os.SEEK_END) < stop * self.DTYPE.itemsize:
+                fh.truncate(stop * self.DTYPE.itemsize)
+        # A map of just the rows' span, dropped after: the file's pages are not held.
+        part = np.memmap(self.path, self.DTYPE, "r+", first * self.DTYPE.itemsize, stop - first)
+        for name in self.DTYPE.names:
+            part[name][rows - first] = results[name]
+        del part
+
+    def get(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        if stop == start:
+            return {name: np.empty(0, self.DTYPE[name]) for name in self.DTYPE.names}
+        part = np.memmap(self.path, self.DTYPE, "r", start * self.DTYPE.itemsize, stop - start)
+        return {name: np.array(part[name]) for name in self.DTYPE.names}
+
+
+def _score_series_whole(
+    detector, input_path: Path, output_path: Path, header: list[str], block_size: int, progress
+) -> BatchSummary:
+    """A file of time series scored whole: rows of a series may come in any order."""
+    schema = detector.schema_
+    kept = [c for c in header if c not in RESULT_COLUMNS]
+    started = time.perf_counter()
+    with _bar(input_path, "reading", progress) as bar, open(input_path, "rb") as raw:
         table = pa.Table.from_batches(
             list(_read_blocks(_Counting(raw, bar), header, block_size, input_path)),
             schema=pa.schema([(name, pa.string()) for name in header]),
         )
-    frame = pd.DataFrame({c: table.column(c).to_numpy() for c in needed})
-    for name in schema.values:  # an empty field is a missing value
-        frame[name] = frame[name].replace("", np.nan)
+    frame = pd.DataFrame(
+        {c: _as_read(table.column(c), keep_empty=c not in schema.values) for c in schema.names}
+    )
     try:
         result = detector.score(frame)
     except InputError as exc:
-        if exc.row is None:
-            raise
-        raise InputError(
-            f"{input_path}: {exc} (line {exc.row + 2} of the file)", column=exc.column, row=exc.row
-        ) from None
+        raise _on_line(exc, input_path) from None
     arrays = [table.column(name) for name in kept] + [
-        pa.array(result[name].to_numpy(), from_pandas=True) for name in RESULT_COLUMNS[:3]
+        pa.array(result[name].to_numpy(), from_pandas=True) for name in SERIES_RESULTS
     ]
-    output = pa.Table.from_arrays(arrays, names=[*kept, *RESULT_COLUMNS[:3]])
+    output = pa.Table.from_arrays(arrays, names=[*kept, *SERIES_RESULTS])
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:
@@ -217,6 +302,22 @@ def _score_series_csv(
         raise
     flagged = int(result["is_anomaly"].sum())
     return BatchSummary(len(frame), flagged, time.perf_counter() - started, output_path)
+
+
+def _on_line(exc: InputError, path: Path) -> InputError:
+    """``exc`` naming the file and the line of its row: rows count from 0 after the header,
+    an editor's lines from 1 at the header."""
+    if exc.row is None:
+        return exc
+    return InputError(
+        f"{path}: {exc} (line {exc.row + 2} of the file)", column=exc.column, row=exc.row
+    )
+
+
+def _bar(path: Path, desc: str, progress: bool) -> tqdm:
+    return tqdm(
+        total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, disable=not progress
+    )
 
 
 def score_images(
@@ -291,9 +392,14 @@ def _read_blocks(stream, header: list[str], block_size: int, path: Path):
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block_size),
+            # An empty field is null (and written back empty): numeric columns with gaps then
+            # parse without the slower search for missing-value tokens. Other tokens ("NA")
+            # stay text, so passthrough columns are written back as read.
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header},
-                strings_can_be_null=False,  # passthrough text is written back verbatim
+                strings_can_be_null=True,
+                null_values=[""],
+                quoted_strings_can_be_null=False,
             ),
         )
         yield from reader

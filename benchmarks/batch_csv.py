@@ -127,8 +127,7 @@ def machine_info() -> list[str]:
     import torch
 
     return [
-        f"{cpu_summary()}; `anomaly score` scores a block per usable core, one torch thread "
-        "each",
+        f"{cpu_summary()}; `anomaly score` scores a block per usable core, one torch thread each",
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"pyarrow {pa.__version__}, numpy {np.__version__}",
         "Scoring device: cpu (the `anomaly score` default)",

@@ -49,16 +49,17 @@ def test_missing_value_tokens_and_quoted_text(fitted_ae, test_rows, tmp_path):
     text = path.read_text().splitlines()
     header = text[0].split(",")
     cpu = header.index("cpu")
-    first = next(csv.reader([text[1]]))
-    first[cpu] = "NA"
-    text[1] = ",".join(
-        f'"{v}"' if "," in v or '"' in v else v for v in [x.replace('"', '""') for x in first]
-    )
+    for line, token in ((1, "NA"), (2, "")):
+        row = next(csv.reader([text[line]]))
+        row[cpu] = token
+        text[line] = ",".join(
+            f'"{v}"' if "," in v or '"' in v else v for v in [x.replace('"', '""') for x in row]
+        )
     path.write_text("\n".join(text) + "\n")
     out = tmp_path / "out.csv"
     score_csv(fitted_ae, path, out, progress=False)
     written = pd.read_csv(out, keep_default_na=False)
-    assert written["cpu"].iloc[0] == "NA"
+    assert written["cpu"].iloc[:2].tolist() == ["NA", ""]
     assert (written["timestamp"] == 'a, quoted "value"').all()
     expected = fitted_ae.score(read_csv(path))
     assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])

@@ -124,29 +124,40 @@ def test_read_csv_empty_and_header_only(tmp_path):
         read_csv(tmp_path / "absent.csv")
 
 
-def test_text_parsing_matches_dataframe_parsing(tmp_path):
-    """The batch scorer's Arrow parser and read_csv + coerce agree value for value."""
+MIXED_TEXT = "x,c,b\n1.5,red,true\nNA,,FALSE\n1e3,blue,yes\n,NA, no \nnan,green,\n-0.25,red,N/A\n"
+# Only the spellings matched without lower-casing, and empty fields: the boolean fast path.
+PLAIN_TEXT = "x,c,b\n1.5,red,True\n,,FALSE\n1e3,blue,yes\n2,NA,\n7,green,0\n-0.25,red,F\n"
+
+
+@pytest.mark.parametrize("text", [MIXED_TEXT, PLAIN_TEXT], ids=["mixed", "plain"])
+@pytest.mark.parametrize("empty_is_null", [False, True], ids=["empty-text", "empty-null"])
+def test_text_parsing_matches_dataframe_parsing(tmp_path, text, empty_is_null):
+    """The batch scorer's Arrow parser and read_csv + coerce agree value for value, whether an
+    empty field arrives as empty text or (as the batch scorer reads it) as null."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     path = tmp_path / "mixed.csv"
-    path.write_text(
-        "x,c,b\n1.5,red,true\nNA,,FALSE\n1e3,blue,yes\n,NA, no \nnan,green,\n-0.25,red,N/A\n"
-    )
+    path.write_text(text)
     train = pd.DataFrame({"x": [1.0, 2.0], "c": ["red", "blue"], "b": [True, False]})
     schema = TabularSchema.infer(train)
-    text = pacsv.read_csv(
+    table = pacsv.read_csv(
         path,
         convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(["x", "c", "b"], pa.string()), strings_can_be_null=False
+            column_types=dict.fromkeys(["x", "c", "b"], pa.string()),
+            strings_can_be_null=empty_is_null,
+            null_values=[""],
         ),
     )
-    fast = schema.coerce_text(text)
+    fast = schema.coerce_text(table)
     slow = schema.coerce(read_csv(path))
     for name in ("x", "c", "b"):
         np.testing.assert_array_equal(fast[name], slow[name])
     assert fast["c"].tolist() == [1, -1, 0, -1, -1, 1]  # levels: blue, red (ties by name)
-    assert np.isnan(fast["b"][[4, 5]]).all()
+    if text == MIXED_TEXT:
+        assert np.isnan(fast["b"][[4, 5]]).all()
+    else:
+        np.testing.assert_array_equal(fast["b"], [1, 0, 1, np.nan, 0, 0])
 
 
 def test_text_parsing_names_the_bad_row():

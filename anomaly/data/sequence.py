@@ -83,6 +83,21 @@ class SequenceSchema:
 
     def prepare(self, frame: pd.DataFrame, *, row_offset: int = 0) -> Segments:
         """Check, order and fill ``frame``; errors name the column and first bad row."""
+        times, ids, values = self.parse(frame, row_offset=row_offset)
+        codes, names = pd.factorize(ids, sort=False)
+        order = np.lexsort((times, codes))  # by series, then time
+        t, c = times[order], codes[order]
+        dup = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+        if dup.any():
+            i = int(order[np.flatnonzero(dup)[0] + 1])
+            raise self.repeated(frame[self.timestamp].iloc[i], row_offset + i)
+        return self.segments(t, c, values[order], order, names)
+
+    def parse(
+        self, frame: pd.DataFrame, *, row_offset: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``frame``'s timestamps (seconds), series ids and values (n, C; NaN where missing),
+        in row order; errors name the column and first bad row."""
         needed = [self.timestamp, *self.values] + ([self.series] if self.series else [])
         missing = [c for c in needed if c not in frame.columns]
         if missing:
@@ -97,27 +112,38 @@ class SequenceSchema:
             if len(frame)
             else np.empty((0, len(self.values)))
         )
-        codes, names = pd.factorize(ids, sort=False)
-        order = np.lexsort((times, codes))  # by series, then time
-        t, c = times[order], codes[order]
-        same = c[1:] == c[:-1]
-        dup = same & (t[1:] == t[:-1])
-        if dup.any():
-            i = int(order[np.flatnonzero(dup)[0] + 1])
-            raise InputError(
-                f"column {self.timestamp!r}, row {row_offset + i}: timestamp "
-                f"{str(frame[self.timestamp].iloc[i])[:40]} repeats within its series",
-                column=self.timestamp,
-                row=row_offset + i,
-            )
-        breaks = ~same | (np.diff(t) > self.max_gap * self.step)
-        starts = np.concatenate([[0], np.flatnonzero(breaks) + 1]) if len(t) else np.empty(0, int)
-        stops = np.concatenate([starts[1:], [len(t)]]) if len(t) else np.empty(0, int)
+        return times, ids, values
+
+    def repeated(self, timestamp, row: int) -> InputError:
+        """The error for a timestamp seen twice in one series, at ``row``."""
+        return InputError(
+            f"column {self.timestamp!r}, row {row}: timestamp {str(timestamp)[:40]} repeats "
+            "within its series",
+            column=self.timestamp,
+            row=row,
+        )
+
+    def segments(
+        self,
+        times: np.ndarray,
+        codes: np.ndarray,
+        values: np.ndarray,
+        order: np.ndarray,
+        names: Sequence,
+    ) -> Segments:
+        """Rows already in series-then-time order, without repeated times, split at gaps and
+        filled: ``codes`` index the series ``names``; ``order`` maps each row to its input row.
+        ``values`` (n, C) is filled in place."""
+        same = codes[1:] == codes[:-1]
+        breaks = ~same | (np.diff(times) > self.max_gap * self.step)
+        n = len(times)
+        starts = np.concatenate([[0], np.flatnonzero(breaks) + 1]) if n else np.empty(0, int)
+        stops = np.concatenate([starts[1:], [n]]) if n else np.empty(0, int)
         bounds = np.column_stack([starts, stops]).astype(np.int64)
-        filled = values[order]
         for start, stop in bounds:
-            _interpolate(filled[start:stop], t[start:stop], self.values, names[c[start]])
-        return Segments(filled.astype(np.float32), order, bounds, [names[c[s]] for s in starts])
+            _interpolate(values[start:stop], times[start:stop], self.values, names[codes[start]])
+        series = [names[codes[s]] for s in starts]
+        return Segments(values.astype(np.float32), order, bounds, series)
 
     def split_in_time(self, frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``frame`` cut in two: the rows before the last ``share`` of each series in time,
@@ -149,9 +175,10 @@ class SequenceSchema:
         if len(late) == 0:
             return None
         name = late[0]
-        return name, self._shown(starts[name]), self._shown(ends[name])
+        return name, self.shown(starts[name]), self.shown(ends[name])
 
-    def _shown(self, seconds: float) -> str:
+    def shown(self, seconds: float) -> str:
+        """A time in seconds as a person reads it: a number, or an ISO date."""
         if self.timestamp_kind == "number":
             return f"{seconds:g}"
         return pd.Timestamp(seconds, unit="s", tz="UTC").isoformat()

@@ -63,6 +63,12 @@ _NA_ARROW = pa.array(NA_VALUES, pa.string())
 _TRUE_SORTED = sorted(TRUE_WORDS)
 # An index below len(TRUE_WORDS) spells true.
 _BOOL_ARROW = pa.array(_TRUE_SORTED + sorted(FALSE_WORDS), pa.string())
+# The same words as files usually spell them (true, True, TRUE): matched without lower-casing.
+_CASED_TRUE, _CASED_FALSE = (
+    list(dict.fromkeys(case(w) for case in (str.lower, str.title, str.upper) for w in words))
+    for words in (_TRUE_SORTED, sorted(FALSE_WORDS))
+)
+_BOOL_CASED = pa.array(_CASED_TRUE + _CASED_FALSE, pa.string())
 
 
 @dataclass(frozen=True)
@@ -280,11 +286,14 @@ def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
         if np.isinf(parsed).any():
             raise pa.ArrowInvalid("infinite value")
         return parsed
-    spelled = pc.index_in(pc.utf8_lower(pc.utf8_trim_whitespace(values)), _BOOL_ARROW)
-    unknown = pc.and_(pc.is_null(spelled), pc.is_valid(values))
-    if pc.any(pc.and_(unknown, pc.invert(pc.is_in(values, _NA_ARROW)))).as_py():
-        raise pa.ArrowInvalid("not a boolean")
-    return pc.cast(pc.less(spelled, len(_TRUE_SORTED)), pa.float64()).to_numpy(zero_copy_only=False)
+    spelled, n_true = pc.index_in(values, _BOOL_CASED), len(_CASED_TRUE)
+    if spelled.null_count > values.null_count:  # other spellings, missing-value tokens or bad
+        loose = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+        spelled, n_true = pc.index_in(loose, _BOOL_ARROW), len(_TRUE_SORTED)
+        unknown = pc.and_(pc.is_null(spelled), pc.is_valid(values))
+        if pc.any(pc.and_(unknown, pc.invert(pc.is_in(values, _NA_ARROW)))).as_py():
+            raise pa.ArrowInvalid("not a boolean")
+    return pc.cast(pc.less(spelled, n_true), pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def _without_na_tokens(values: pa.Array) -> pa.Array:

@@ -1,0 +1,148 @@
+"""Time-series CSV files scored in blocks: the whole file's scores, memory bounded by the series."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import anomaly.sequence
+from anomaly.batch import score_csv
+from anomaly.data.tabular import read_csv
+from anomaly.datasets import make_metric_series
+from anomaly.errors import InputError
+from anomaly.sequence import OutOfTimeOrder, SequenceDetector
+
+WINDOW = 24
+
+
+@pytest.fixture(scope="module")
+def fitted() -> SequenceDetector:
+    train = make_metric_series(1200, 2)
+    return SequenceDetector(series_col="host", exclude=["label"], window=WINDOW, epochs=3).fit(
+        train
+    )
+
+
+@pytest.fixture(scope="module")
+def in_time() -> pd.DataFrame:
+    """Three hosts, interleaved in time, with scattered missing values, a run of 40 missing
+    values in one host, two gaps in another (10 points between them: too few for a window),
+    and a level shift."""
+    frame = make_metric_series(2000, 3, anomalies=(900,), seed=1, shuffle=False)
+    frame = frame.sort_values(["timestamp", "host"], kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    frame.loc[rng.choice(len(frame), 300, replace=False), "value"] = np.nan
+    h1 = frame.index[frame["host"] == "h1"]
+    frame.loc[h1[500:540], "value"] = np.nan
+    h2 = frame.index[frame["host"] == "h2"]
+    return frame.drop(index=[*h2[1200:1260], *h2[1270:1330]]).reset_index(drop=True)
+
+
+@pytest.fixture
+def small_passes(monkeypatch):
+    """Points scored at once: few, so that a small file takes many passes."""
+    monkeypatch.setattr(anomaly.sequence, "_POINTS_AT_ONCE", 50)
+
+
+def test_a_file_in_time_order_gets_the_whole_files_scores(
+    fitted, in_time, small_passes, tmp_path, caplog
+):
+    path = tmp_path / "in.csv"
+    in_time.to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    with caplog.at_level(logging.WARNING):
+        summary = score_csv(fitted, path, out, block_size=4096, progress=False)
+    assert "whole" not in caplog.text  # streamed, not the fallback
+    expected = fitted.score(read_csv(path))
+    written = pd.read_csv(out)
+    np.testing.assert_array_equal(
+        written["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
+    )
+    np.testing.assert_array_equal(written["p_value"], expected["p_value"])
+    assert (written["is_anomaly"] == expected["is_anomaly"]).all()
+    assert summary.rows == len(in_time) and summary.flagged == expected["is_anomaly"].sum()
+    assert written["is_anomaly"].sum() > 0 and written["anomaly_score"].isna().any()  # between gaps
+    with open(path, newline="") as a, open(out, newline="") as b:
+        rows_in, rows_out = list(csv.reader(a)), list(csv.reader(b))
+    assert [r[: len(rows_in[0])] for r in rows_out] == rows_in
+
+
+def test_points_come_out_while_the_stream_goes_on(fitted, in_time, small_passes):
+    """Rows waiting for their scores stay few: the series' context and one pass's points,
+    not the stream."""
+    schema, piece_rows = fitted.schema_, 100
+    consumed, pending = 0, []
+    scored_rows = []
+
+    def pieces():
+        nonlocal consumed
+        for start in range(0, len(in_time), piece_rows):
+            part = in_time.iloc[start : start + piece_rows]
+            yield (np.arange(start, start + len(part)), *schema.parse(part, row_offset=start))
+            consumed += len(part)
+
+    for rows, _ in fitted.score_time_ordered(pieces()):
+        scored_rows.append(rows)
+        pending.append(consumed - sum(map(len, scored_rows)))
+    scored = np.concatenate(scored_rows)
+    assert np.array_equal(np.sort(scored), np.arange(len(in_time)))
+    # 3 series: each keeps up to ~2 windows, plus the 40 missing values of h1's run.
+    assert max(pending[:-3]) < 50 + piece_rows + 3 * 2 * WINDOW + 40 + WINDOW
+    assert len(pending) > 20
+
+
+def test_rows_out_of_time_order_are_scored_whole(fitted, in_time, tmp_path, caplog):
+    path = tmp_path / "shuffled.csv"
+    in_time.sample(frac=1, random_state=3).to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    with caplog.at_level(logging.WARNING):
+        score_csv(fitted, path, out, block_size=4096, progress=False)
+    assert "goes back in time" in caplog.text and "whole" in caplog.text
+    expected = fitted.score(read_csv(path))
+    np.testing.assert_array_equal(
+        pd.read_csv(out)["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "shuffled.csv"]
+
+
+def test_the_stream_refuses_a_series_going_back_in_time(fitted, in_time):
+    schema = fitted.schema_
+    rows = in_time.iloc[[0, 3, 6]]  # host h0, in time order
+    back = in_time.iloc[[9, 3]]
+    pieces = [
+        (np.arange(3), *schema.parse(rows)),
+        (np.arange(3, 5), *schema.parse(back, row_offset=3)),
+    ]
+    with pytest.raises(OutOfTimeOrder, match="series 'h0' goes back in time at row 4"):
+        list(fitted.score_time_ordered(pieces))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("repeat", r"row 1201: timestamp .* repeats within its series \(line 1203"),
+        ("text", r"column 'value', row 4000: 'high' is not a number \(line 4002"),
+        ("empty", r"column 'value' has no values in series 'h3'"),
+    ],
+)
+def test_bad_rows_are_named_and_nothing_is_written(fitted, in_time, tmp_path, edit, message):
+    frame = in_time.astype({"value": object})
+    if edit == "repeat":
+        frame = pd.concat([frame.iloc[:1201], frame.iloc[[1198]], frame.iloc[1201:]])
+    elif edit == "text":
+        frame.loc[4000, "value"] = "high"
+    else:  # a series with no value at all, in time order among the others
+        extra = frame[frame["host"] == "h0"].iloc[:30].assign(host="h3", value=np.nan)
+        frame = pd.concat([frame, extra]).sort_values("timestamp", kind="stable")
+    path = tmp_path / "in.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    with pytest.raises(InputError, match=message):
+        score_csv(fitted, path, out, block_size=4096, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    with pytest.raises(InputError, match=message.split(r" \(line")[0]):
+        fitted.score(read_csv(path))
