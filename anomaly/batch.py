@@ -190,7 +190,13 @@ def _score_series_csv(
                 detector, input_path, output_path, header, block_size, progress
             )
         except InputError as exc:
-            raise _on_line(exc, input_path) from None
+            if exc.row is not None:
+                raise _on_line(exc, input_path) from None
+            # A segment without values, found before the rest of the file was read: rows
+            # further on may belong to it, out of order. Reading it whole decides.
+            return _score_series_whole(
+                detector, input_path, output_path, header, block_size, progress
+            )
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
         rows = flagged = 0
         try:
@@ -201,6 +207,8 @@ def _score_series_csv(
             ):
                 out.write(_header_line([*kept, *SERIES_RESULTS]))
                 for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
+                    if rows + batch.num_rows > results.rows:
+                        raise InputError(f"{input_path} grew while it was being scored")
                     scored = results.get(rows, rows + batch.num_rows)
                     arrays = [batch.column(name) for name in kept]
                     arrays += [pa.array(scored[name], from_pandas=True) for name in SERIES_RESULTS]
@@ -259,6 +267,11 @@ class _ResultsFile:
         for name in self.DTYPE.names:
             part[name][rows - first] = results[name]
         del part
+
+    @property
+    def rows(self) -> int:
+        """Rows up to the last one with results."""
+        return self.path.stat().st_size // self.DTYPE.itemsize
 
     def get(self, start: int, stop: int) -> dict[str, np.ndarray]:
         if stop == start:
@@ -392,14 +405,13 @@ def _read_blocks(stream, header: list[str], block_size: int, path: Path):
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block_size),
-            # An empty field is null (and written back empty): numeric columns with gaps then
-            # parse without the slower search for missing-value tokens. Other tokens ("NA")
-            # stay text, so passthrough columns are written back as read.
+            # An empty field, quoted or not, is null (and written back empty): numeric columns
+            # with gaps then parse without the slower search for missing-value tokens. Other
+            # tokens ("NA") stay text, so passthrough columns are written back as read.
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header},
                 strings_can_be_null=True,
                 null_values=[""],
-                quoted_strings_can_be_null=False,
             ),
         )
         yield from reader

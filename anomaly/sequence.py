@@ -314,6 +314,8 @@ class SequenceDetector(AutoencoderDetector):
         self._check_fitted()
         tails: dict = {}
         for rows, times, ids, values in pieces:
+            if not len(rows):  # a block of blank lines
+                continue
             codes, names = pd.factorize(ids, sort=False)
             order = np.argsort(codes, kind="stable")
             bounds = np.cumsum(np.bincount(codes, minlength=len(names)))

@@ -48,11 +48,12 @@ def small_passes(monkeypatch):
     monkeypatch.setattr(anomaly.sequence, "_POINTS_AT_ONCE", 50)
 
 
+@pytest.mark.parametrize("quoting", [csv.QUOTE_MINIMAL, csv.QUOTE_ALL], ids=["plain", "quoted"])
 def test_a_file_in_time_order_gets_the_whole_files_scores(
-    fitted, in_time, small_passes, tmp_path, caplog
+    fitted, in_time, small_passes, tmp_path, caplog, quoting
 ):
     path = tmp_path / "in.csv"
-    in_time.to_csv(path, index=False)
+    in_time.to_csv(path, index=False, quoting=quoting)  # quoted: a missing value is ""
     out = tmp_path / "out.csv"
     with caplog.at_level(logging.WARNING):
         summary = score_csv(fitted, path, out, block_size=4096, progress=False)
@@ -107,6 +108,42 @@ def test_rows_out_of_time_order_are_scored_whole(fitted, in_time, tmp_path, capl
         pd.read_csv(out)["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "shuffled.csv"]
+
+
+def test_a_segment_without_values_may_be_filled_by_rows_out_of_order(
+    fitted, small_passes, tmp_path, caplog
+):
+    """The stream meets an empty segment before the row, further on, that fills it: the
+    file is out of order, so it is scored whole, as a DataFrame of it would be."""
+    start = pd.Timestamp("2024-01-01")
+    later = start + pd.to_timedelta(np.arange(10, 210), "min")
+    frame = pd.DataFrame(
+        {
+            "timestamp": [start, *later, start + pd.Timedelta(30, "s")],
+            "host": "h0",
+            "value": [np.nan, *np.sin(np.arange(200) / 6), 1.0],
+        }
+    )
+    path, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    frame.to_csv(path, index=False)
+    score_csv(fitted, path, out, block_size=1024, progress=False)
+    expected = fitted.score(read_csv(path))
+    np.testing.assert_array_equal(
+        pd.read_csv(out)["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
+    )
+
+
+def test_blocks_of_blank_lines_are_skipped(fitted, in_time):
+    schema = fitted.schema_
+    part = in_time.iloc[:300]
+    empty = part.iloc[:0]
+    pieces = [
+        (np.arange(0), *schema.parse(empty)),
+        (np.arange(300), *schema.parse(part)),
+        (np.arange(300, 300), *schema.parse(empty, row_offset=300)),
+    ]
+    rows = np.concatenate([rows for rows, _ in fitted.score_time_ordered(pieces)])
+    assert np.array_equal(np.sort(rows), np.arange(300))
 
 
 def test_the_stream_refuses_a_series_going_back_in_time(fitted, in_time):
