@@ -324,15 +324,19 @@ class SequenceDetector(AutoencoderDetector):
                 if tail is None:
                     tail = tails[names[code]] = _SeriesTail(names[code])
                 tail.append(rows[mine], times[mine], values[mine], self.schema_)
-            if sum(tail.ready(self.window) for tail in tails.values()) >= _POINTS_AT_ONCE:
-                yield from self._finish(tails.values(), final=False)
-        yield from self._finish(tails.values(), final=True)
+            ready = (tail.ready(self.window) for tail in tails.values())
+            enough = sum(n for n in ready if n >= self._ready_enough()) >= _POINTS_AT_ONCE
+            if enough and (done := self._finish(tails.values(), final=False)) is not None:
+                yield done
+        if (done := self._finish(tails.values(), final=True)) is not None:
+            yield done
 
     def _finish(
         self, tails: Iterable[_SeriesTail], *, final: bool
-    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
         """Score the points of ``tails`` that are final (all of them when ``final``: the
-        stream has ended), together, and keep the context later points need.
+        stream has ended), together, and keep the context later points need; their rows and
+        results, or None when no series has enough.
 
         A point's score depends on the points within ``window - 1`` of it, and their values
         on the nearest observed values around them (gaps are interpolated). So a point is
@@ -346,10 +350,10 @@ class SequenceDetector(AutoencoderDetector):
         for tail in tails:
             stop = tail.size if final else tail.observed
             last = stop if final else stop - w + 1
-            if last > tail.done:
+            if last - tail.done >= (1 if final else self._ready_enough()):
                 parts.append((tail, tail.arrays(), stop, last))
         if not parts:
-            return
+            return None
         # One pass for every series: windows are scored in blocks of a steady size, whatever
         # the number of series (small passes per series ran 2x slower, in memory churn).
         stops = [stop for *_, stop, _ in parts]
@@ -361,14 +365,21 @@ class SequenceDetector(AutoencoderDetector):
             [tail.name for tail, *_ in parts],
         )
         scored = self._score_prepared(segments, "point")
-        offset = 0
+        finished = np.zeros(len(segments.values), dtype=bool)
+        done_rows, offset = [], 0
         for tail, (rows, _, values), stop, last in parts:
-            mine = slice(offset + tail.done, offset + last)
-            yield rows[tail.done : last], {name: column[mine] for name, column in scored.items()}
+            finished[offset + tail.done : offset + last] = True
+            done_rows.append(rows[tail.done : last])
             offset += stop
             if not final:
                 observed = np.flatnonzero(~np.isnan(values[: max(0, last - w + 2)]).any(axis=1))
                 tail.keep(int(observed[-1]) if len(observed) else 0, last)
+        return np.concatenate(done_rows), {name: col[finished] for name, col in scored.items()}
+
+    def _ready_enough(self) -> int:
+        """Final points a series needs to join a pass before the stream ends: its context,
+        about two windows, is scored again each time, so at most a quarter more work."""
+        return 8 * self.window
 
     def _score_prepared(self, segments: Segments, by: str) -> dict[str, np.ndarray]:
         """The result columns of prepared rows, in their input order."""
