@@ -184,21 +184,18 @@ def _score_series_csv(
                 blocks = _read_blocks(_Counting(raw, bar), header, block_size, input_path)
                 for done, scored in detector.score_time_ordered(_parsed(detector.schema_, blocks)):
                     results.put(done, scored)
-        except OutOfTimeOrder as exc:
-            log.warning("%s: %s; scoring the file whole (memory grows with it)", input_path, exc)
-            return _score_series_whole(
-                detector, input_path, output_path, header, block_size, progress
-            )
-        except InputError as exc:
-            if exc.row is not None:
+        except (OutOfTimeOrder, InputError) as exc:
+            if isinstance(exc, InputError) and exc.row is not None:
                 raise _on_line(exc, input_path) from None
-            # A segment without values, found before the rest of the file was read: rows
-            # further on may belong to it, out of order. Reading it whole decides.
+            # Out of time order; or a segment without values, met before the rest of the file
+            # was read, which rows further on (out of order) may fill. Reading it whole decides.
+            log.warning("%s: %s; scoring the file whole (memory grows with it)", input_path, exc)
             return _score_series_whole(
                 detector, input_path, output_path, header, block_size, progress
             )
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
         rows = flagged = 0
+        scored_rows = results.rows
         try:
             with (
                 _bar(input_path, "writing", progress) as bar,
@@ -207,7 +204,7 @@ def _score_series_csv(
             ):
                 out.write(_header_line([*kept, *SERIES_RESULTS]))
                 for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
-                    if rows + batch.num_rows > results.rows:
+                    if rows + batch.num_rows > scored_rows:
                         raise InputError(f"{input_path} grew while it was being scored")
                     scored = results.get(rows, rows + batch.num_rows)
                     arrays = [batch.column(name) for name in kept]

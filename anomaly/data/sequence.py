@@ -98,11 +98,11 @@ class SequenceSchema:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``frame``'s timestamps (seconds), series ids and values (n, C; NaN where missing),
         in row order; errors name the column and first bad row."""
-        needed = [self.timestamp, *self.values] + ([self.series] if self.series else [])
-        missing = [c for c in needed if c not in frame.columns]
+        missing = [c for c in self.names if c not in frame.columns]
         if missing:
             raise InputError(
-                f"missing column {missing[0]!r} (the model needs {', '.join(map(repr, needed))})",
+                f"missing column {missing[0]!r} "
+                f"(the model needs {', '.join(map(repr, self.names))})",
                 column=missing[0],
             )
         times = self.seconds(frame[self.timestamp], row_offset)
