@@ -11,6 +11,7 @@ The fitted state is plain numbers and lists (``to_dict``/``from_dict``).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,18 +38,17 @@ class TabularPreprocessor:
 
     def fit(self, columns: dict[str, np.ndarray]) -> TabularPreprocessor:
         """Learn medians, means and scales from coerced training columns."""
+        names = [col.name for col in self.schema.columns if col.kind != CATEGORICAL]
+        # Columns on several threads (numpy sorts and sums without the GIL): on a GPU machine
+        # these statistics took a sixth of a million-row fit.
+        with ThreadPoolExecutor() as pool:
+            stats = list(pool.map(lambda name: _median_mean_std(columns[name]), names))
         self.stats_ = {}
-        for col in self.schema.columns:
-            if col.kind == CATEGORICAL:
-                continue
-            values = columns[col.name]
-            median = float(np.nanmedian(values))
-            filled = np.where(np.isnan(values), median, values)
-            mean, std = float(filled.mean()), float(filled.std())
+        for name, (median, mean, std) in zip(names, stats, strict=True):
             if not std > 1e-12:
-                log.warning("column %r is constant at fit; it keeps unit scale", col.name)
+                log.warning("column %r is constant at fit; it keeps unit scale", name)
                 std = 1.0
-            self.stats_[col.name] = {"median": median, "mean": mean, "scale": std}
+            self.stats_[name] = {"median": median, "mean": mean, "scale": std}
         self._build_layout()
         return self
 
@@ -100,3 +100,10 @@ class TabularPreprocessor:
         widths = [len(c.categories) if c.kind == CATEGORICAL else 1 for c in self.schema.columns]
         self.n_features_ = int(sum(widths))
         self.feature_owner_ = np.repeat(np.arange(len(widths)), widths)
+
+
+def _median_mean_std(values: np.ndarray) -> tuple[float, float, float]:
+    """A numeric column's median, and its mean and standard deviation with gaps at the median."""
+    median = float(np.nanmedian(values))
+    filled = np.where(np.isnan(values), median, values)
+    return median, float(filled.mean()), float(filled.std())

@@ -9,6 +9,7 @@ import functools
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -118,3 +119,45 @@ def test_conv_models_train_on_gpu_as_graphs_and_load_on_cpu(kind, tmp_path):
     det.save(tmp_path / "m")
     on_cpu = type(det).load(tmp_path / "m").score_samples(test)
     np.testing.assert_allclose(on_cpu, on_gpu, rtol=1e-3, atol=1e-6)
+
+
+def test_a_table_file_scored_on_the_gpu_gets_the_dataframe_scores(rows, tmp_path):
+    """Batch scoring runs blocks from several threads at once; on a GPU they share one device
+    and still give each row the score ``score`` gives it."""
+    from anomaly.batch import score_csv
+    from anomaly.data.tabular import read_csv
+
+    det = Detector(model="vae", exclude=EXCLUDE, epochs=5, device="cuda")
+    det.fit(rows[rows["label"] == 0])
+    path, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    rows.to_csv(path, index=False)
+    score_csv(det, path, out, block_size=64 << 10, progress=False)
+    written, expected = pd.read_csv(out), det.score(read_csv(path))
+    np.testing.assert_array_equal(
+        written["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
+    )
+    np.testing.assert_array_equal(written["p_value"], expected["p_value"])
+    assert (written["top_features"] == expected["top_features"]).all()
+
+
+def test_a_series_file_streamed_on_the_gpu_gets_the_whole_files_scores(tmp_path, monkeypatch):
+    """Streamed passes differ in size from the whole file's; padded blocks keep a window's
+    score independent of them on a GPU too."""
+    import anomaly.sequence
+    from anomaly.batch import score_csv
+    from anomaly.data.tabular import read_csv
+    from anomaly.datasets import make_metric_series
+    from anomaly.sequence import SequenceDetector
+
+    det = SequenceDetector(series_col="host", exclude=["label"], window=24, epochs=3, device="cuda")
+    det.fit(make_metric_series(1200, 2))
+    frame = make_metric_series(2000, 3, anomalies=(900,), seed=1, shuffle=False)
+    path, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    frame.sort_values(["timestamp", "host"], kind="stable").to_csv(path, index=False)
+    monkeypatch.setattr(anomaly.sequence, "_POINTS_AT_ONCE", 200)
+    score_csv(det, path, out, block_size=8192, progress=False)
+    written, expected = pd.read_csv(out), det.score(read_csv(path))
+    np.testing.assert_array_equal(
+        written["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
+    )
+    assert written["is_anomaly"].sum() > 0
