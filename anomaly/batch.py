@@ -16,9 +16,11 @@ import os
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -87,9 +89,6 @@ def score_csv(
     if len(kept) < len(header):
         log.warning("%s already has result columns; they are replaced", input_path)
 
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-    os.close(fd)
     started, rows, flagged = time.perf_counter(), 0, 0
     size = input_path.stat().st_size
     workers = _usable_cores()
@@ -99,7 +98,7 @@ def score_csv(
                 total=size, unit="B", unit_scale=True, desc="scoring", disable=not progress
             ) as bar,
             open(input_path, "rb") as raw,
-            open(tmp_name, "wb") as out,
+            _replacing(output_path) as out,
             _one_torch_thread_each(workers),
             ThreadPoolExecutor(max_workers=workers) as pool,
         ):
@@ -115,13 +114,8 @@ def score_csv(
                     flagged += _write_next(in_flight, out)
             while in_flight:
                 flagged += _write_next(in_flight, out)
-        os.replace(tmp_name, output_path)
     except InputError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
         raise _on_line(exc, input_path) from None
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return BatchSummary(rows, flagged, time.perf_counter() - started, output_path)
 
 
@@ -175,9 +169,11 @@ def _score_series_csv(
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])
     kept = [c for c in header if c not in RESULT_COLUMNS]
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f".{output_path.name}.", dir=output_path.parent) as tmp:
+    with (
+        _replacing(output_path) as out,
+        tempfile.TemporaryDirectory(prefix=f".{output_path.name}.", dir=output_path.parent) as tmp,
+    ):
         results = _ResultsFile(Path(tmp) / "results")
         try:
             with _bar(input_path, "scoring", progress) as bar, open(input_path, "rb") as raw:
@@ -190,33 +186,34 @@ def _score_series_csv(
             # Out of time order; or a segment without values, met before the rest of the file
             # was read, which rows further on (out of order) may fill. Reading it whole decides.
             log.warning("%s: %s; scoring the file whole (memory grows with it)", input_path, exc)
-            return _score_series_whole(
-                detector, input_path, output_path, header, block_size, progress
+            rows, flagged = _score_series_whole(
+                detector, input_path, out, header, block_size, progress
             )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-        rows = flagged = 0
-        scored_rows = results.rows
-        try:
-            with (
-                _bar(input_path, "writing", progress) as bar,
-                open(input_path, "rb") as raw,
-                os.fdopen(fd, "wb") as out,
-            ):
-                out.write(_header_line([*kept, *SERIES_RESULTS]))
-                for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
-                    if rows + batch.num_rows > scored_rows:
-                        raise InputError(f"{input_path} grew while it was being scored")
-                    scored = results.get(rows, rows + batch.num_rows)
-                    arrays = [batch.column(name) for name in kept]
-                    arrays += [pa.array(scored[name], from_pandas=True) for name in SERIES_RESULTS]
-                    out.write(_csv_bytes(pa.Table.from_arrays(arrays, [*kept, *SERIES_RESULTS])))
-                    rows += batch.num_rows
-                    flagged += int(scored["is_anomaly"].sum())
-            os.replace(tmp_name, output_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        else:
+            rows, flagged = _write_series(
+                input_path, out, header, kept, block_size, results, progress
+            )
     return BatchSummary(rows, flagged, time.perf_counter() - started, output_path)
+
+
+def _write_series(
+    input_path: Path, out, header: list[str], kept: list[str], block_size: int, results, progress
+) -> tuple[int, int]:
+    """The second read of a streamed series file: each row with its results, in file order."""
+    rows = flagged = 0
+    scored_rows = results.rows
+    with _bar(input_path, "writing", progress) as bar, open(input_path, "rb") as raw:
+        out.write(_header_line([*kept, *SERIES_RESULTS]))
+        for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
+            if rows + batch.num_rows > scored_rows:
+                raise InputError(f"{input_path} grew while it was being scored")
+            scored = results.get(rows, rows + batch.num_rows)
+            arrays = [batch.column(name) for name in kept]
+            arrays += [pa.array(scored[name], from_pandas=True) for name in SERIES_RESULTS]
+            out.write(_csv_bytes(pa.Table.from_arrays(arrays, [*kept, *SERIES_RESULTS])))
+            rows += batch.num_rows
+            flagged += int(scored["is_anomaly"].sum())
+    return rows, flagged
 
 
 def _parsed(schema, blocks):
@@ -278,12 +275,12 @@ class _ResultsFile:
 
 
 def _score_series_whole(
-    detector, input_path: Path, output_path: Path, header: list[str], block_size: int, progress
-) -> BatchSummary:
-    """A file of time series scored whole: rows of a series may come in any order."""
+    detector, input_path: Path, out, header: list[str], block_size: int, progress
+) -> tuple[int, int]:
+    """A file of time series scored whole (rows of a series may come in any order) and
+    written to ``out``; returns the rows and the rows flagged."""
     schema = detector.schema_
     kept = [c for c in header if c not in RESULT_COLUMNS]
-    started = time.perf_counter()
     with _bar(input_path, "reading", progress) as bar, open(input_path, "rb") as raw:
         table = pa.Table.from_batches(
             list(_read_blocks(_Counting(raw, bar), header, block_size, input_path)),
@@ -300,18 +297,29 @@ def _score_series_whole(
         pa.array(result[name].to_numpy(), from_pandas=True) for name in SERIES_RESULTS
     ]
     output = pa.Table.from_arrays(arrays, names=[*kept, *SERIES_RESULTS])
+    out.write(_header_line(output.column_names))
+    out.write(_csv_bytes(output))
+    return len(frame), int(result["is_anomaly"].sum())
+
+
+@contextlib.contextmanager
+def _replacing(output_path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``output_path`` when the block ends without an error: it is
+    written beside it under a temporary name, then renamed. On an error, the temporary file
+    goes, and so do the folders made for it: a failed run leaves everything as it was."""
+    made = [p for p in (output_path.parent, *output_path.parent.parents) if not p.exists()]
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(_header_line(output.column_names))
-            out.write(_csv_bytes(output))
+            yield out
         os.replace(tmp_name, output_path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
+        for folder in made:  # the innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
-    flagged = int(result["is_anomaly"].sum())
-    return BatchSummary(len(frame), flagged, time.perf_counter() - started, output_path)
 
 
 def _on_line(exc: InputError, path: Path) -> InputError:
@@ -344,15 +352,8 @@ def score_images(
     images, names = load_images(source, detector.image_size_, detector.channels)
     frame, maps = detector.score_with_maps(images, names, maps=maps_dir is not None)
     output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as out:
-            frame.to_csv(out, index=False)
-        os.replace(tmp_name, output_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with _replacing(output_path) as out:
+        frame.to_csv(out, index=False, lineterminator="\n", encoding="utf-8")
     if maps_dir is not None:
         save_overlays(images, maps, names, maps_dir, vmax=detector.map_scale_)
     flagged = int(frame["is_anomaly"].sum())

@@ -51,13 +51,15 @@ _GEN_POINTS = 50_000  # points per series generated at a time
 
 # Scores ``src`` into ``dst`` with the whole file read first; prints as `anomaly score` does.
 WHOLE = """
-import sys
+import sys, time
 from pathlib import Path
-from anomaly.batch import _read_header, _score_series_whole
+from anomaly.batch import _read_header, _replacing, _score_series_whole
 from anomaly.registry import load_detector
 src, dst, model = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-done = _score_series_whole(load_detector(model), src, dst, _read_header(src), 2 << 20, False)
-print(f"scored {done.rows} rows, {done.rows / done.seconds:,.0f} rows/s")
+detector, started = load_detector(model), time.perf_counter()
+with _replacing(dst) as out:
+    rows, _ = _score_series_whole(detector, src, out, _read_header(src), 2 << 20, False)
+print(f"scored {rows} rows, {rows / (time.perf_counter() - started):,.0f} rows/s")
 """
 
 

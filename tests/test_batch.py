@@ -73,13 +73,13 @@ def test_bad_value_late_in_the_file_names_column_and_line_and_writes_nothing(
     rows.loc[rows.index[1900], "memory"] = "n/a?"  # a later block, scored at the same time
     path = tmp_path / "in.csv"
     rows.to_csv(path, index=False)
-    out = tmp_path / "out.csv"
+    out = tmp_path / "new" / "out.csv"  # the folder too is made for the run, and removed
     with pytest.raises(
         InputError, match=r"column 'memory', row 1500: '12,5' is not a number .*line 1502"
     ) as info:
         score_csv(fitted_ae, path, out, block_size=16 << 10, progress=False)
     assert (info.value.column, info.value.row) == ("memory", 1500)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, no temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, temp or folder
 
 
 def test_failed_run_leaves_an_existing_output_untouched(fitted_ae, test_rows, tmp_path):

@@ -177,7 +177,7 @@ def test_bad_rows_are_named_and_nothing_is_written(fitted, in_time, tmp_path, ed
         frame = pd.concat([frame, extra]).sort_values("timestamp", kind="stable")
     path = tmp_path / "in.csv"
     frame.to_csv(path, index=False)
-    out = tmp_path / "out.csv"
+    out = tmp_path / "new" / "out.csv"
     with pytest.raises(InputError, match=message):
         score_csv(fitted, path, out, block_size=4096, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
