@@ -312,18 +312,24 @@ class SequenceDetector(AutoencoderDetector):
             value in a column.
         """
         self._check_fitted()
-        tails: dict = {}
+        tails = _Tails()
         for rows, times, ids, values in pieces:
             if not len(rows):  # a block of blank lines
                 continue
+            # The block's rows by series (in time within each), checked all at once: a loop
+            # over thousands of series per block must do little more than hand out slices.
             codes, names = pd.factorize(ids, sort=False)
             order = np.argsort(codes, kind="stable")
-            bounds = np.cumsum(np.bincount(codes, minlength=len(names)))
-            for code, mine in enumerate(np.split(order, bounds[:-1])):
-                tail = tails.get(names[code])
-                if tail is None:
-                    tail = tails[names[code]] = _SeriesTail(names[code])
-                tail.append(rows[mine], times[mine], values[mine], self.schema_)
+            rows, times, values = rows[order], times[order], values[order]
+            ends = np.cumsum(np.bincount(codes, minlength=len(names)))
+            starts = np.r_[0, ends[:-1]]
+            series = [tails[name] for name in names]
+            _check_time_order(series, starts, rows, times, self.schema_)
+            observed = np.where(~np.isnan(values).any(axis=1), np.arange(len(rows)), -1)
+            for tail, lo, hi, last in zip(
+                series, starts, ends, np.maximum.reduceat(observed, starts), strict=True
+            ):
+                tail.append(rows[lo:hi], times[lo:hi], values[lo:hi], last - lo)
             ready = (tail.ready(self.window) for tail in tails.values())
             enough = sum(n for n in ready if n >= self._ready_enough()) >= _POINTS_AT_ONCE
             if enough and (done := self._finish(tails.values(), final=False)) is not None:
@@ -471,6 +477,31 @@ class OutOfTimeOrder(ValueError):
     """A series went back in time in a stream that had to be in time order."""
 
 
+class _Tails(dict):
+    """The :class:`_SeriesTail` of each series seen, by name; made when first asked for."""
+
+    def __missing__(self, name) -> _SeriesTail:
+        tail = self[name] = _SeriesTail(name)
+        return tail
+
+
+def _check_time_order(series, starts, rows, times, schema: SequenceSchema) -> None:
+    """Refuse a block (rows grouped by series, from ``starts``) in which a series goes back in
+    time, or repeats a timestamp, since its rows before; the file's first such row is named."""
+    before = np.empty_like(times)
+    before[1:] = times[:-1]
+    before[starts] = [tail.last_time for tail in series]
+    bad = np.flatnonzero(times <= before)
+    if not len(bad):
+        return
+    i = bad[np.argmin(rows[bad])]
+    if times[i] == before[i]:
+        raise schema.repeated(schema.shown(times[i]), int(rows[i]))
+    name = series[np.searchsorted(starts, i, side="right") - 1].name
+    where = f"series {name!r}" if name != "" else "the series"
+    raise OutOfTimeOrder(f"{where} goes back in time at row {int(rows[i])}")
+
+
 class _SeriesTail:
     """One series' rows of a time-ordered stream not yet dropped: the context kept for later
     points, then the points not yet scored (from ``done``). ``observed`` counts the rows up
@@ -482,18 +513,13 @@ class _SeriesTail:
         self.size = self.done = self.observed = 0
         self.last_time = -np.inf
 
-    def append(self, rows, times, values, schema: SequenceSchema) -> None:
-        steps = np.diff(times, prepend=self.last_time)
-        if (steps <= 0).any():
-            i = int(np.flatnonzero(steps <= 0)[0])
-            if steps[i] == 0:
-                raise schema.repeated(schema.shown(times[i]), int(rows[i]))
-            where = f"series {self.name!r}" if self.name != "" else "the series"
-            raise OutOfTimeOrder(f"{where} goes back in time at row {int(rows[i])}")
-        observed = np.flatnonzero(~np.isnan(values).any(axis=1))
-        if len(observed):
-            self.observed = self.size + int(observed[-1]) + 1
-        self.pieces.append((rows, times, values))
+    def append(self, rows, times, values, last_observed: int) -> None:
+        """The series' next rows, in time order after those before; ``last_observed`` is the
+        index among them of the last fully observed one (negative: none)."""
+        if last_observed >= 0:
+            self.observed = self.size + last_observed + 1
+        # Copies: a slice would keep the whole block it came from in memory.
+        self.pieces.append((rows.copy(), times.copy(), values.copy()))
         self.size += len(rows)
         self.last_time = float(times[-1])
 

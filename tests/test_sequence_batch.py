@@ -146,15 +146,28 @@ def test_blocks_of_blank_lines_are_skipped(fitted, in_time):
     assert np.array_equal(np.sort(rows), np.arange(300))
 
 
-def test_the_stream_refuses_a_series_going_back_in_time(fitted, in_time):
+@pytest.mark.parametrize(
+    ("first", "second", "error", "message"),
+    [
+        ([0, 3, 6], [9, 3], OutOfTimeOrder, "series 'h0' goes back in time at row 4"),
+        ([0, 3, 6], [3, 9], OutOfTimeOrder, "series 'h0' goes back in time at row 3"),
+        ([0, 3, 6], [6, 9], InputError, "row 3: timestamp .* repeats within its series"),
+        # h1 comes first in the second block, but h0 goes back first in the file
+        ([0, 1, 3, 4], [7, 6, 0, 1], OutOfTimeOrder, "series 'h0' goes back in time at row 6"),
+    ],
+    ids=["within-a-block", "across-blocks", "repeated", "the-files-first"],
+)
+def test_the_stream_refuses_a_series_going_back_in_time(
+    fitted, in_time, first, second, error, message
+):
+    """Rows by position in ``in_time``: 0, 3, 6, 9 are h0's first points, 1, 4, 7 h1's."""
     schema = fitted.schema_
-    rows = in_time.iloc[[0, 3, 6]]  # host h0, in time order
-    back = in_time.iloc[[9, 3]]
+    n = len(first)
     pieces = [
-        (np.arange(3), *schema.parse(rows)),
-        (np.arange(3, 5), *schema.parse(back, row_offset=3)),
+        (np.arange(n), *schema.parse(in_time.iloc[first])),
+        (np.arange(n, n + len(second)), *schema.parse(in_time.iloc[second], row_offset=n)),
     ]
-    with pytest.raises(OutOfTimeOrder, match="series 'h0' goes back in time at row 4"):
+    with pytest.raises(error, match=message):
         list(fitted.score_time_ordered(pieces))
 
 
