@@ -307,16 +307,26 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``output_path`` when the block ends without an error: it is
     written beside it under a temporary name, then renamed. On an error, the temporary file
     goes, and so do the folders made for it: a failed run leaves everything as it was."""
-    made = [p for p in (output_path.parent, *output_path.parent.parents) if not p.exists()]
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+    folder = Path(os.path.abspath(output_path.parent))  # "a/../b" is b, which may exist
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    made: list[Path] = []  # by this call, outermost first
+    tmp_name = None
     try:
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made meanwhile by someone else
+                folder.mkdir()
+                made.append(folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
         with os.fdopen(fd, "wb") as out:
             yield out
         os.replace(tmp_name, output_path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        for folder in made:  # the innermost first
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+        for folder in reversed(made):
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise

@@ -316,7 +316,7 @@ class SequenceDetector(AutoencoderDetector):
         for rows, times, ids, values in pieces:
             if not len(rows):  # a block of blank lines
                 continue
-            # The block's rows by series (in time within each), checked all at once: a loop
+            # The block's rows by series (in file order within each), checked all at once: a loop
             # over thousands of series per block must do little more than hand out slices.
             codes, names = pd.factorize(ids, sort=False)
             order = np.argsort(codes, kind="stable")
@@ -488,7 +488,7 @@ class _Tails(dict):
 def _check_time_order(series, starts, rows, times, schema: SequenceSchema) -> None:
     """Refuse a block (rows grouped by series, from ``starts``) in which a series goes back in
     time, or repeats a timestamp, since its rows before; the file's first such row is named."""
-    before = np.empty_like(times)
+    before = np.empty(len(times))  # float: a new series' last time is -inf
     before[1:] = times[:-1]
     before[starts] = [tail.last_time for tail in series]
     bad = np.flatnonzero(times <= before)

@@ -82,6 +82,22 @@ def test_bad_value_late_in_the_file_names_column_and_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, temp or folder
 
 
+@pytest.mark.parametrize("out", ["out.csv", "new/deeper/out.csv", "a/../kept/out.csv"])
+def test_failed_run_leaves_the_folders_as_they_were(
+    fitted_ae, test_rows, tmp_path, monkeypatch, out
+):
+    """Relative paths; folders made for the output go, an existing empty one stays."""
+    rows = test_rows.astype({"memory": object})
+    rows.loc[rows.index[1900], "memory"] = "n/a?"
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "kept").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="column 'memory', row 1900"):
+        score_csv(fitted_ae, "in.csv", out, block_size=16 << 10, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "kept"]
+    assert not any((tmp_path / "kept").iterdir())
+
+
 def test_failed_run_leaves_an_existing_output_untouched(fitted_ae, test_rows, tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("previous results\n")
