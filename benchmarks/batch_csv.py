@@ -117,12 +117,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Set OMP_NUM_THREADS for every child (torch's and Arrow's thread pools).",
     )
+    p.add_argument(
+        "--device", default="cpu", help="`anomaly score --device`: cpu (its default), cuda..."
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="Keep the generated CSV files.")
     return p.parse_args(argv)
 
 
-def machine_info() -> list[str]:
+def machine_info(device: str) -> list[str]:
     """One line per fact about the machine, for the top of the table."""
     import torch
 
@@ -130,8 +133,15 @@ def machine_info() -> list[str]:
         f"{cpu_summary()}; `anomaly score` scores a block per usable core, one torch thread each",
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         f"pyarrow {pa.__version__}, numpy {np.__version__}",
-        "Scoring device: cpu (the `anomaly score` default)",
+        f"Scoring device: {device}"
+        + (" (the `anomaly score` default)" if device == "cpu" else f" ({_gpu_name()})"),
     ]
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU found"
 
 
 # ---------------------------------------------------------------------------- data
@@ -258,6 +268,8 @@ def measure_ours(src: Path, model: Path, work: Path, rows: int, args: argparse.N
         "--out",
         str(dst),
         "--no-progress",
+        "--device",
+        args.device,
     ]
     r = run_child(cmd, work / "anomaly.log", args.threads)
     m = re.search(r"scored (\d+) rows.*?([\d,]+) rows/s", r["text"])
@@ -302,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("## Batch CSV scoring: `anomaly score` vs a pyarrow read-write baseline\n")
     print(f"Command: `python -m benchmarks.batch_csv {shlex.join(sys.argv[1:])}`\n")
-    for line in machine_info():
+    for line in machine_info(args.device):
         print(f"- {line}")
     if args.threads:
         print(f"- OMP_NUM_THREADS={args.threads} in every measured child")
