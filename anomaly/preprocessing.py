@@ -40,7 +40,7 @@ class TabularPreprocessor:
         """Learn medians, means and scales from coerced training columns."""
         names = [col.name for col in self.schema.columns if col.kind != CATEGORICAL]
         # Columns on several threads (numpy sorts and sums without the GIL): on a GPU machine
-        # these statistics took a sixth of a million-row fit.
+        # these statistics took an eighth of a million-row fit.
         with ThreadPoolExecutor() as pool:
             stats = list(pool.map(lambda name: _median_mean_std(columns[name]), names))
         self.stats_ = {}

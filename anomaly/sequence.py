@@ -312,7 +312,7 @@ class SequenceDetector(AutoencoderDetector):
             value in a column.
         """
         self._check_fitted()
-        tails = _Tails()
+        tails, enough = _Tails(), self._ready_enough()
         for rows, times, ids, values in pieces:
             if not len(rows):  # a block of blank lines
                 continue
@@ -331,8 +331,8 @@ class SequenceDetector(AutoencoderDetector):
             ):
                 tail.append(rows[lo:hi], times[lo:hi], values[lo:hi], last - lo)
             ready = (tail.ready(self.window) for tail in tails.values())
-            enough = sum(n for n in ready if n >= self._ready_enough()) >= _POINTS_AT_ONCE
-            if enough and (done := self._finish(tails.values(), final=False)) is not None:
+            due = sum(n for n in ready if n >= enough) >= _POINTS_AT_ONCE
+            if due and (done := self._finish(tails.values(), final=False)) is not None:
                 yield done
         if (done := self._finish(tails.values(), final=True)) is not None:
             yield done
