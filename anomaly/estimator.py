@@ -19,6 +19,7 @@ import torch
 
 from anomaly.errors import InputError, ModelFormatError, NotFittedError
 from anomaly.persistence import load_model_dir, save_model_dir
+from anomaly.scoring import SCORE_METHODS
 from anomaly.training import TrainConfig, resolve_device, train
 
 
@@ -48,6 +49,18 @@ class AutoencoderDetector:
         if self.score_method is not None:
             return self.score_method
         return "elbo" if self.model == "vae" else "reconstruction"
+
+    def _check_score(self) -> None:
+        """The score settings, checked alike for every detector."""
+        method = self._score_method()
+        if method not in SCORE_METHODS:
+            raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")
+        if method != "reconstruction" and self.model != "vae":
+            raise InputError(f"score {method!r} needs model='vae'")
+        if self.n_samples < 0:
+            raise InputError(f"n_samples must be at least 0, got {self.n_samples}")
+        if method == "iwae" and self.n_samples < 1:
+            raise InputError(f"score 'iwae' needs n_samples of at least 1, got {self.n_samples}")
 
     def _initial_module(
         self, warm_start_from: AutoencoderDetector | None, architecture: Callable[[], dict]

@@ -24,7 +24,7 @@ from anomaly.data.images import ImageNormalizer, ImageSource, image_size, load_i
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models.conv2d import ConvAE2d, ConvVAE2d, default_hidden
-from anomaly.scoring import SCORE_METHODS, score_array
+from anomaly.scoring import score_array
 from anomaly.training import auto_batch_size
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,9 @@ class ImageDetector(AutoencoderDetector):
     score : {"reconstruction", "elbo", "iwae"}, optional
         What the score measures. Default: ``reconstruction`` (the mean squared error over
         pixels) for the autoencoder, ``elbo`` (the negative ELBO) for the VAE.
-    n_samples : int, default=4
-        Samples of the VAE posterior used by the ``elbo`` and ``iwae`` scores.
+    n_samples : int, default=0
+        Fixed draws of the VAE posterior for the ``elbo`` and ``iwae`` scores; 0 takes the
+        ``elbo``'s expectation at the posterior mean. As for :class:`anomaly.Detector`.
     target_fpr : float, default=0.01
         False-positive rate the threshold aims for.
     threshold_method : {"quantile", "evt"}, default="quantile"
@@ -124,7 +125,7 @@ class ImageDetector(AutoencoderDetector):
         denoise: float = 0.0,
         beta: float = 1.0,
         score: str | None = None,
-        n_samples: int = 4,
+        n_samples: int = 0,
         target_fpr: float = 0.01,
         threshold_method: str = "quantile",
         calibration_fraction: float = 0.2,
@@ -173,11 +174,7 @@ class ImageDetector(AutoencoderDetector):
     def _check_params(self) -> None:
         if self.model not in MODELS:
             raise InputError(f"unknown model {self.model!r}; choose one of {MODELS}")
-        method = self._score_method()
-        if method not in SCORE_METHODS:
-            raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")
-        if method != "reconstruction" and self.model != "vae":
-            raise InputError(f"score {method!r} needs model='vae'")
+        self._check_score()
         if self.channels not in (1, 3):
             raise InputError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
         hidden = self._hidden()
@@ -199,7 +196,7 @@ class ImageDetector(AutoencoderDetector):
             raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
-        for name in ("epochs", "n_samples", "patience"):
+        for name in ("epochs", "patience"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
 

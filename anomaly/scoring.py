@@ -12,8 +12,11 @@ maps latents of shape (..., L) to reconstructions of shape (..., *x.shape[1:]), 
 - ``reconstruction``: mean squared error between a row and its reconstruction (for a VAE, the
   reconstruction at the posterior mean). ``parts`` add up to ``score``.
 - ``elbo``: negative evidence lower bound of a VAE, ``E_q[-log p(x|z)] + KL(q(z|x) || p(z))``,
-  the expectation taken over the model's fixed draws.
-- ``iwae``: the importance-weighted bound with the same draws,
+  the expectation taken over the model's K fixed draws; with none (K = 0), at the posterior
+  mean: the one-point Gauss-Hermite rule. That costs one decoder pass instead of K + 1 and
+  ranked anomalies as well as 4 draws on ADBench's tables, NAB's series and the digits
+  (BENCHMARKS.md, sections 1, 5 and 7).
+- ``iwae``: the importance-weighted bound with the same draws (K >= 1),
   ``-log mean_k p(x, z_k) / q(z_k | x)``, tighter than ``elbo`` for K > 1.
 """
 
@@ -66,11 +69,13 @@ def score_batch(
     parts = 0.5 * ((x - decoded[:, 0]) * torch.exp(-model.log_scale)) ** 2
     # Samples on the inner axis: every reduction below runs along contiguous memory, which
     # keeps a row's result independent of how many rows are scored with it.
-    nll = gaussian_nll(x.unsqueeze(1), decoded[:, 1:], model.log_scale)  # (B, K, ...)
-    log_px_z = -nll.flatten(2).sum(dim=2)  # (B, K)
+    at = decoded[:, 1:] if len(model.eps) else decoded[:, :1]  # no draws: the mean alone
+    nll = gaussian_nll(x.unsqueeze(1), at, model.log_scale)  # (B, max(K, 1), ...)
+    log_px_z = -nll.flatten(2).sum(dim=2)  # (B, max(K, 1))
     if method == "elbo":
         return -log_px_z.mean(dim=1) + kl_to_standard_normal(mu, logvar), parts
     if method == "iwae":
+        assert len(model.eps), "'iwae' scores need draws (n_samples >= 1)"
         log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=2)  # (B, K)
         log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar.unsqueeze(1)).sum(dim=2)  # (B, K)
         log_w = log_px_z + log_pz - log_qz

@@ -33,7 +33,7 @@ from anomaly.data.sequence import Segments, SequenceSchema
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
-from anomaly.scoring import SCORE_METHODS, score_array
+from anomaly.scoring import score_array
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class SequenceDetector(AutoencoderDetector):
         denoise: float = 0.0,
         beta: float = 1.0,
         score: str | None = None,
-        n_samples: int = 4,
+        n_samples: int = 0,
         max_gap: float = 5.0,
         target_fpr: float = 0.01,
         threshold_method: str = "quantile",
@@ -146,14 +146,10 @@ class SequenceDetector(AutoencoderDetector):
             raise InputError(f"unknown model {self.model!r}; choose 'ae' or 'vae'")
         if self.arch not in ARCHS:
             raise InputError(f"unknown arch {self.arch!r}; choose one of {ARCHS}")
-        method = self._score_method()
-        if method not in SCORE_METHODS:
-            raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")
-        if method != "reconstruction" and self.model != "vae":
-            raise InputError(f"score {method!r} needs model='vae'")
+        self._check_score()
         if self.window < 2:
             raise InputError(f"window must be at least 2, got {self.window}")
-        for name in ("stride", "epochs", "n_samples", "patience", "hidden"):
+        for name in ("stride", "epochs", "patience", "hidden"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.calibration_fraction < 1.0:

@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     base = measure_baseline(src, work, args.rows, args)
     results = {k: measure_ours(src, m, work, args.rows, args) for k, (m, _) in models.items()}
     first = next(iter(results.values()))
-    print(f"Ours: `{shlex.join(['anomaly', *first['cmd'][-7:]])}`\n")
+    cmd = first["cmd"]
+    print(f"Ours: `{shlex.join(['anomaly', *cmd[cmd.index('score') :]])}`\n")
     print(
         "| method | rows | wall s | rows/s (wall) | rows/s (in loop) | peak RSS MiB | vs baseline |"
     )

@@ -101,6 +101,10 @@ def test_bad_parameters_are_refused_at_fit(normal_rows):
         Detector(model="gan").fit(normal_rows)
     with pytest.raises(InputError, match="needs model='vae'"):
         Detector(model="ae", score="elbo").fit(normal_rows)
+    with pytest.raises(InputError, match="'iwae' needs n_samples of at least 1, got 0"):
+        Detector(score="iwae", n_samples=0).fit(normal_rows)
+    with pytest.raises(InputError, match="n_samples must be at least 0, got -1"):
+        Detector(n_samples=-1).fit(normal_rows)
     with pytest.raises(InputError, match="too few"):
         Detector().fit(normal_rows.head(3).drop(columns=["timestamp"]))
 
@@ -119,11 +123,16 @@ def test_evt_threshold_for_very_small_rates(normal_rows, test_rows):
     assert det.score(test_rows)["is_anomaly"].mean() < 0.1
 
 
-def test_linear_preset_and_iwae_score_run(normal_rows, test_rows):
+def test_linear_preset_and_iwae_score_run(normal_rows, test_rows, tmp_path):
     linear = Detector(model="linear", exclude=EXCLUDE, epochs=5).fit(normal_rows)
     assert linear.architecture_["hidden"] == []
     iwae = Detector(model="vae", score="iwae", n_samples=4, exclude=EXCLUDE, epochs=5)
-    assert np.isfinite(iwae.fit(normal_rows).score_samples(test_rows)).all()
+    scores = iwae.fit(normal_rows).score_samples(test_rows)
+    assert np.isfinite(scores).all()
+    # The draws are saved with the weights: a model scored with them scores alike when loaded.
+    loaded = Detector.load(iwae.save(tmp_path / "iwae"))
+    assert loaded.module_.eps.shape == (4, iwae.architecture_["latent"])
+    assert np.array_equal(loaded.score_samples(test_rows), scores)
 
 
 def test_numpy_arrays_are_accepted():

@@ -4,6 +4,8 @@ import torch
 
 from anomaly.models import DenseAE, DenseVAE
 from anomaly.scoring import (
+    gaussian_nll,
+    kl_to_standard_normal,
     score_array,
     score_batch,
     scoring_blocks,
@@ -45,8 +47,26 @@ def test_vae_scores_are_deterministic_and_iwae_is_tighter():
     assert (iwae <= elbo + 1e-4).all()
 
 
+def test_elbo_without_draws_is_taken_at_the_posterior_mean():
+    torch.manual_seed(0)
+    vae, x = DenseVAE(6, (16,), 3, n_samples=0).eval(), torch.randn(20, 6)
+    with torch.no_grad():
+        elbo, parts = score_batch(vae, x, "elbo")
+        mu, logvar = vae.encode(x)
+        nll = gaussian_nll(x, vae.decode(mu), vae.log_scale).sum(dim=1)
+        vae.eps = torch.zeros(1, 3)  # one draw, of zeros: it lands on the mean too
+        one_draw_at_the_mean, same_parts = score_batch(vae, x, "elbo")
+    torch.testing.assert_close(elbo, nll + kl_to_standard_normal(mu, logvar))
+    torch.testing.assert_close(elbo, one_draw_at_the_mean)
+    torch.testing.assert_close(parts, same_parts)
+    with pytest.raises(AssertionError, match="need draws"):
+        score_batch(DenseVAE(6, (16,), 3, n_samples=0), x, "iwae")
+
+
 def test_vae_draws_are_fixed_by_seed():
-    assert torch.equal(DenseVAE(4, (8,), 2, seed=3).eps, DenseVAE(4, (8,), 2, seed=3).eps)
+    draws = DenseVAE(4, (8,), 2, n_samples=4, seed=3).eps
+    assert draws.shape == (4, 2)
+    assert torch.equal(draws, DenseVAE(4, (8,), 2, n_samples=4, seed=3).eps)
 
 
 def test_elbo_score_needs_a_vae():
@@ -70,6 +90,7 @@ def test_cpu_blocks_are_sized_by_the_widest_activation_and_keep_scores():
     assert widest_activation(ae, (24,), "reconstruction", cpu) == 64
     # The VAE decodes its posterior mean and 4 samples for each row: (rows, 5, 64).
     assert widest_activation(vae, (24,), "elbo", cpu) == 5 * 64
+    assert widest_activation(DenseVAE(24, (64, 32), 8, n_samples=0), (24,), "elbo", cpu) == 64
     assert not any(m._forward_hooks for m in vae.modules())  # the probe leaves no hooks
     assert scoring_blocks(cpu, 24, 64) == (8192, 16)
     assert scoring_blocks(cpu, 24, 5 * 64) == (1632, 16)

@@ -135,8 +135,8 @@ class ConvVAE2d(nn.Module):
     ----------
     in_shape, hidden, latent, dropout :
         As :class:`ConvAE2d`.
-    n_samples : int, default=4
-        Number of fixed draws.
+    n_samples : int, default=0
+        Number of fixed draws (none: the score is taken at the posterior mean).
     seed : int, default=0
         Seed of the generator of the draws.
     """
@@ -147,7 +147,7 @@ class ConvVAE2d(nn.Module):
         hidden: Sequence[int] = (32, 64),
         latent: int = 16,
         dropout: float = 0.0,
-        n_samples: int = 4,
+        n_samples: int = 0,
         seed: int = 0,
     ):
         super().__init__()

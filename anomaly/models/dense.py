@@ -52,7 +52,8 @@ class DenseVAE(nn.Module):
     The likelihood has one learned scale per feature, so the negative ELBO weighs each
     feature by how well the model can predict it. ``eps`` holds ``n_samples`` fixed standard
     normal draws used at scoring time: every row is scored with the same draws, so a row's score
-    is a deterministic function of the row.
+    is a deterministic function of the row. With none (the default) the score is taken at the
+    posterior mean (:mod:`anomaly.scoring`).
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class DenseVAE(nn.Module):
         hidden: Sequence[int] = (64, 32),
         latent: int = 8,
         dropout: float = 0.0,
-        n_samples: int = 4,
+        n_samples: int = 0,
         seed: int = 0,
     ):
         super().__init__()

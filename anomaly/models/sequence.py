@@ -133,7 +133,7 @@ class SequenceVAE(nn.Module):
         hidden: int = 32,
         arch: str = "conv",
         dropout: float = 0.0,
-        n_samples: int = 4,
+        n_samples: int = 0,
         seed: int = 0,
     ):
         super().__init__()
