@@ -14,7 +14,7 @@ maps latents of shape (..., L) to reconstructions of shape (..., *x.shape[1:]), 
 - ``elbo``: negative evidence lower bound of a VAE, ``E_q[-log p(x|z)] + KL(q(z|x) || p(z))``,
   the expectation taken over the model's K fixed draws; with none (K = 0), at the posterior
   mean: the one-point Gauss-Hermite rule. That costs one decoder pass instead of K + 1 and
-  ranked anomalies as well as 4 draws on ADBench's tables, NAB's series and the digits
+  ranked anomalies about as well as 4 draws on ADBench's tables, NAB's series and the digits
   (BENCHMARKS.md, sections 1, 5 and 7).
 - ``iwae``: the importance-weighted bound with the same draws (K >= 1),
   ``-log mean_k p(x, z_k) / q(z_k | x)``, tighter than ``elbo`` for K > 1.
