@@ -127,6 +127,13 @@ def train(
     score: Annotated[
         ScoreKind | None, typer.Option(help="Score (default: reconstruction; elbo for a VAE).")
     ] = None,
+    n_samples: Annotated[
+        int,
+        typer.Option(
+            help="VAE: fixed posterior draws the elbo or iwae score averages over (0: the elbo "
+            "at the posterior mean; iwae needs 1 or more)."
+        ),
+    ] = 0,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 200,
     batch_size: Annotated[
         int | None, typer.Option(help="Rows per training step (default: from the data size).")
@@ -169,6 +176,7 @@ def train(
         target_fpr=target_fpr,
         threshold_method=threshold.value,
         score=score.value if score else None,
+        n_samples=n_samples,
         epochs=epochs,
         batch_size=batch_size,
         latent=latent,

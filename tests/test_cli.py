@@ -1,5 +1,6 @@
 """The `anomaly` command end to end, as a user runs it: a subprocess, real files."""
 
+import json
 import subprocess
 import sys
 
@@ -82,6 +83,14 @@ def test_training_errors_are_one_line(tmp_path):
                    "--out", str(tmp_path / "o.csv"))  # fmt: skip
     assert done.returncode == 2
     assert f"no model at {tmp_path / 'nothing'}" in done.stderr
+    make_service_metrics(300, seed=0).to_csv(tmp_path / "normal.csv", index=False)
+    train = ("train", str(tmp_path / "normal.csv"), "-x", "host_id", "-x", "timestamp", "-x",
+             "label", "--score", "iwae", "--epochs", "2", "--out", str(tmp_path / "m"))  # fmt: skip
+    done = anomaly(*train)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: score 'iwae' needs n_samples of at least 1, got 0"
+    assert anomaly(*train, "--n-samples", "3").returncode == 0
+    assert json.loads((tmp_path / "m" / "detector.json").read_text())["params"]["n_samples"] == 3
 
 
 def test_help_and_the_package_import_neither_torch_nor_pandas():
