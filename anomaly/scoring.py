@@ -69,8 +69,10 @@ def score_batch(
     parts = 0.5 * ((x - decoded[:, 0]) * torch.exp(-model.log_scale)) ** 2
     # Samples on the inner axis: every reduction below runs along contiguous memory, which
     # keeps a row's result independent of how many rows are scored with it.
-    at = decoded[:, 1:] if len(model.eps) else decoded[:, :1]  # no draws: the mean alone
-    nll = gaussian_nll(x.unsqueeze(1), at, model.log_scale)  # (B, max(K, 1), ...)
+    if len(model.eps):
+        nll = gaussian_nll(x.unsqueeze(1), decoded[:, 1:], model.log_scale)  # (B, K, ...)
+    else:  # no draws: the posterior mean's, whose squared part ``parts`` already holds
+        nll = (parts + model.log_scale + 0.5 * _LOG_2PI).unsqueeze(1)  # (B, 1, ...)
     log_px_z = -nll.flatten(2).sum(dim=2)  # (B, max(K, 1))
     if method == "elbo":
         return -log_px_z.mean(dim=1) + kl_to_standard_normal(mu, logvar), parts
