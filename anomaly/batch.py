@@ -428,9 +428,12 @@ def _read_blocks(stream, header: list[str], block_size: int, path: Path):
 
 
 def _output_table(batch: pa.RecordBatch, kept: list[str], result: dict) -> pa.Table:
-    arrays = [batch.column(name) for name in kept] + [
-        pa.array(result[name]) for name in RESULT_COLUMNS
-    ]
+    results = {name: pa.array(result[name]) for name in RESULT_COLUMNS}
+    # A p-value is one of n_calibration + 1 values: each is formatted once, then indexed, as
+    # formatting floats is much of writing a block. (The same text Arrow writes for them.)
+    p_values = pc.dictionary_encode(results["p_value"])
+    results["p_value"] = pc.cast(p_values.dictionary, pa.string()).take(p_values.indices)
+    arrays = [batch.column(name) for name in kept] + list(results.values())
     return pa.Table.from_arrays(arrays, names=[*kept, *RESULT_COLUMNS])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from anomaly.calibration import Calibrator
@@ -391,14 +392,13 @@ class Detector(AutoencoderDetector):
         if n == 0:
             return pa.array([], pa.string())
         top = torch.topk(torch.from_numpy(relevance), n_top, dim=1).indices.numpy()  # (n, n_top)
-        # Few distinct rankings occur: build each one's text once, then index.
+        # Far fewer rankings occur than rows: build each one's text once (in Arrow, not a
+        # Python loop), then index. factorize hashes; np.unique would sort.
         shape = (n_columns,) * n_top
-        codes = np.ravel_multi_index(tuple(top.T), shape)
-        distinct, inverse = np.unique(codes, return_inverse=True)
-        rankings = np.stack(np.unravel_index(distinct, shape), axis=1)  # (n_distinct, n_top)
-        names = np.asarray(self.schema_.names, dtype=object)[rankings]
-        text = [";".join(ranking) for ranking in names.tolist()]
-        return pa.array(text, pa.string()).take(pa.array(inverse.ravel()))
+        inverse, distinct = pd.factorize(np.ravel_multi_index(tuple(top.T), shape))
+        names = pa.array(self.schema_.names, pa.string())
+        places = [names.take(pa.array(place)) for place in np.unravel_index(distinct, shape)]
+        return pc.binary_join_element_wise(*places, ";").take(pa.array(inverse))
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:

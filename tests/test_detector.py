@@ -34,6 +34,21 @@ def test_top_features_name_the_broken_columns(fitted_ae):
     assert (top == "latency_ms").mean() > 0.9
 
 
+def test_top_features_are_distinct_columns_most_first(fitted_ae, test_rows):
+    names = fitted_ae.schema_.names
+    result = fitted_ae.score(test_rows)
+    three = result["top_features"].str.split(";")
+    assert three.map(len).eq(3).all() and three.map(lambda t: len(set(t)) == 3).all()
+    assert three.map(lambda t: set(t) <= set(names)).all()
+    one = fitted_ae.score(test_rows, n_top=1)["top_features"]
+    assert (one == three.str[0]).all()  # a ranking's head does not depend on its length
+    every = fitted_ae.score(test_rows, n_top=len(names) + 5)["top_features"].str.split(";")
+    assert every.map(lambda t: sorted(t) == sorted(names)).all()
+    # Flagged rows rank by score drops, where columns that change nothing tie at 0, in any order.
+    kept = ~result["is_anomaly"]
+    assert (every.str[:3] == three)[kept].all()
+
+
 def test_same_row_same_score_whatever_its_neighbours(fitted_ae, fitted_vae, test_rows):
     for det in (fitted_ae, fitted_vae):
         full = det.score_samples(test_rows)
