@@ -30,8 +30,10 @@ import pyarrow.csv as pacsv
 import torch
 from tqdm.auto import tqdm
 
+from anomaly.data.tabular import csv_header
 from anomaly.detector import RESULT_COLUMNS, Detector
 from anomaly.errors import InputError
+from anomaly.persistence import hidden_sibling
 from anomaly.sequence import RESULT_COLUMNS as SERIES_RESULTS
 from anomaly.sequence import OutOfTimeOrder
 
@@ -79,7 +81,7 @@ def score_csv(
         the row, counted from 0 after the header). No output file is left behind.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    header = _read_header(input_path)
+    header = csv_header(input_path)
     if detector.kind == "sequence":
         return _score_series_csv(detector, input_path, output_path, header, block_size, progress)
     missing = [c for c in detector.schema_.names if c not in header]
@@ -307,7 +309,10 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``output_path`` when the block ends without an error: it is
     written beside it under a temporary name, then renamed. On an error, the temporary file
     goes, and so do the folders made for it: a failed run leaves everything as it was."""
-    folder = Path(os.path.abspath(output_path.parent))  # "a/../b" is b, which may exist
+    if output_path.is_dir():
+        raise InputError(f"{output_path} is a folder; give the output a file name")
+    target = Path(os.path.abspath(output_path))  # "a/../b" is b, which may exist without a
+    folder = target.parent
     missing = []
     while not folder.exists():
         missing.append(folder)
@@ -319,10 +324,11 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
             with contextlib.suppress(FileExistsError):  # made meanwhile by someone else
                 folder.mkdir()
                 made.append(folder)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-        with os.fdopen(fd, "wb") as out:
+        tmp = hidden_sibling(target)
+        with open(tmp, "xb") as out:  # permissions as any new file's (mkstemp's: 0o600)
+            tmp_name = tmp
             yield out
-        os.replace(tmp_name, output_path)
+        os.replace(tmp_name, target)
     except BaseException:
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
@@ -390,21 +396,6 @@ class _Counting:
 
     def close(self) -> None:
         self.closed = True
-
-
-def _read_header(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InputError(f"no such file: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark
-        header = next(csv.reader(fh), None)
-    if not header:
-        raise InputError(f"{path} is empty")
-    seen: set[str] = set()
-    for name in header:
-        if name in seen:
-            raise InputError(f"{path}: column {name!r} appears twice", column=name)
-        seen.add(name)
-    return header
 
 
 def _read_blocks(stream, header: list[str], block_size: int, path: Path):

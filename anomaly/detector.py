@@ -331,6 +331,8 @@ class Detector(AutoencoderDetector):
         ``top_features`` as an Arrow string array.
         """
         self._check_fitted()
+        if n_top < 1:
+            raise ValueError(f"n_top must be at least 1, got {n_top}")
         x = self.preprocessor_.transform(columns)
         scores, contributions = self._score_matrix(x)
         flagged = self.calibrator_.flag(scores)

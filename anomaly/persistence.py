@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,8 +32,11 @@ WEIGHTS_FILE = "weights.safetensors"
 def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write ``meta`` and ``tensors`` to the directory ``path``, replacing it atomically."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelFormatError(f"{path} is a file, not a model directory; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = hidden_sibling(path)
+    staging.mkdir()  # as any new folder: its permissions follow the umask (mkdtemp's: 0o700)
     try:
         cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(cpu, staging / WEIGHTS_FILE)
@@ -55,6 +58,11 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def hidden_sibling(path: Path) -> Path:
+    """A new hidden name beside ``path``, for writing something that is then renamed to it."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}")
 
 
 def load_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from anomaly.data.tabular import CATEGORICAL, TabularSchema
+from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,12 @@ class TabularPreprocessor:
             stats = list(pool.map(lambda name: _median_mean_std(columns[name]), names))
         self.stats_ = {}
         for name, (median, mean, std) in zip(names, stats, strict=True):
+            if np.isnan(median):  # the schema saw values, but in held-out rows only
+                raise InputError(
+                    f"column {name!r} has no values in the training rows (only in those held "
+                    "out to calibrate or validate); exclude it, or give more rows",
+                    column=name,
+                )
             if not std > 1e-12:
                 log.warning("column %r is constant at fit; it keeps unit scale", name)
                 std = 1.0
@@ -67,7 +74,10 @@ class TabularPreprocessor:
                 width = 1
                 s = self.stats_[col.name]
                 filled = np.where(np.isnan(values), s["median"], values)
-                out[:, start] = (filled - s["mean"]) / s["scale"]
+                # Clipped: a wild value (1e39) would overflow float32 to inf, the model's
+                # score to NaN, and NaN is never above a threshold.
+                scaled = (filled - s["mean"]) / s["scale"]
+                out[:, start] = np.clip(scaled, -STANDARDISED_LIMIT, STANDARDISED_LIMIT)
             start += width
         return out
 
@@ -102,8 +112,21 @@ class TabularPreprocessor:
         self.feature_owner_ = np.repeat(np.arange(len(widths)), widths)
 
 
+# Standardised values are kept within this many standard deviations: far enough that no
+# normal value reaches it, near enough that its squares add up finitely in float32.
+STANDARDISED_LIMIT = 1e6
+
+
 def _median_mean_std(values: np.ndarray) -> tuple[float, float, float]:
-    """A numeric column's median, and its mean and standard deviation with gaps at the median."""
+    """A numeric column's median, and its mean and standard deviation with gaps at the median;
+    NaN for a column without values."""
+    if np.isnan(values).all():
+        return np.nan, np.nan, np.nan
     median = float(np.nanmedian(values))
     filled = np.where(np.isnan(values), median, values)
-    return median, float(filled.mean()), float(filled.std())
+    with np.errstate(over="ignore"):
+        mean, std = float(filled.mean()), float(filled.std())
+    if not np.isfinite(std):  # squares of values past ~1e154 overflow: rescale first
+        peak = float(np.abs(filled).max())
+        std = peak * float((filled / peak).std())
+    return median, mean, std

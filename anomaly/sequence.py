@@ -33,6 +33,7 @@ from anomaly.data.sequence import Segments, SequenceSchema
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
+from anomaly.preprocessing import STANDARDISED_LIMIT
 from anomaly.scoring import score_array
 
 log = logging.getLogger(__name__)
@@ -416,7 +417,11 @@ class SequenceDetector(AutoencoderDetector):
         return _calibrated(scores, self.window_calibrator_)
 
     def _scaled(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.mean_) / self.std_).astype(np.float32)
+        # Clipped as tables are (anomaly.preprocessing): a wild value overflows to inf, whose
+        # score would be NaN, read as "no window covers this point".
+        with np.errstate(over="ignore"):
+            scaled = (values - self.mean_) / self.std_
+        return np.clip(scaled, -STANDARDISED_LIMIT, STANDARDISED_LIMIT).astype(np.float32)
 
     def _score_segments(
         self, segments: Segments, starts: np.ndarray

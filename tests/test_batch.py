@@ -1,4 +1,5 @@
 import csv
+import os
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,17 @@ def test_failed_run_leaves_an_existing_output_untouched(fitted_ae, test_rows, tm
     with pytest.raises(InputError, match="missing column 'errors'"):
         score_csv(fitted_ae, path, out, progress=False)
     assert out.read_text() == "previous results\n"
+
+
+def test_output_is_a_file_made_as_any_other(fitted_ae, input_csv, tmp_path):
+    with pytest.raises(InputError, match="is a folder; give the output a file name"):
+        score_csv(fitted_ae, input_csv, tmp_path, progress=False)
+    previous = os.umask(0o027)
+    try:
+        score_csv(fitted_ae, input_csv, tmp_path / "out.csv", progress=False)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o640  # not a temp file's 0o600
 
 
 def test_empty_and_header_only_files(fitted_ae, test_rows, tmp_path):

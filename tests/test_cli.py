@@ -83,6 +83,10 @@ def test_training_errors_are_one_line(tmp_path):
                    "--out", str(tmp_path / "o.csv"))  # fmt: skip
     assert done.returncode == 2
     assert f"no model at {tmp_path / 'nothing'}" in done.stderr
+    (tmp_path / "twice.csv").write_text("cpu,memory,cpu\n1,2,3\n")
+    done = anomaly("train", str(tmp_path / "twice.csv"), "--out", str(tmp_path / "m"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {tmp_path / 'twice.csv'}: column 'cpu' appears twice"
     make_service_metrics(300, seed=0).to_csv(tmp_path / "normal.csv", index=False)
     train = ("train", str(tmp_path / "normal.csv"), "-x", "host_id", "-x", "timestamp", "-x",
              "label", "--score", "iwae", "--epochs", "2", "--out", str(tmp_path / "m"))  # fmt: skip

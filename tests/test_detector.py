@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,6 +87,15 @@ def test_save_replaces_a_model_directory_but_nothing_else(fitted_ae, tmp_path):
     with pytest.raises(ModelFormatError, match="not a model directory"):
         fitted_ae.save(tmp_path / "other")
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ModelFormatError, match="is a file, not a model directory"):
+        fitted_ae.save(tmp_path / "file")
+    previous = os.umask(0o027)
+    try:
+        fitted_ae.save(tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o750  # not a temp folder's 0o700
 
 
 def test_load_refuses_what_is_not_a_model(tmp_path):
@@ -170,3 +181,20 @@ def test_flagged_rows_name_the_columns_whose_repair_lowers_the_score(fitted_vae)
     # repairing any of the three explains the row.
     assert first.isin(["bytes_out", "cpu", "requests"]).mean() > 0.85
     assert first.isin(["bytes_out", "cpu"]).mean() > 0.4
+
+
+@pytest.mark.parametrize("name", ["fitted_ae", "fitted_vae"])
+def test_wild_values_are_flagged_not_lost(name, test_rows, request):
+    """A value too large for float32 once made the score NaN, which no threshold flags."""
+    det = request.getfixturevalue(name)
+    rows = test_rows.head(3).copy()
+    rows["latency_ms"] = [1e39, -1e300, 1e12]
+    result = det.score(rows)
+    assert np.isfinite(result["anomaly_score"]).all() and result["is_anomaly"].all()
+    assert (result["top_features"].str.split(";").str[0] == "latency_ms").all()
+    assert (result["p_value"] == 1 / (len(det.calibrator_.scores_) + 1)).all()
+
+
+def test_n_top_below_one_is_refused(fitted_ae, test_rows):
+    with pytest.raises(ValueError, match="n_top must be at least 1"):
+        fitted_ae.score(test_rows.head(2), n_top=0)

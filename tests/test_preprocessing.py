@@ -1,7 +1,9 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from anomaly.data.tabular import TabularSchema
+from anomaly.errors import InputError
 from anomaly.preprocessing import TabularPreprocessor
 
 
@@ -50,3 +52,19 @@ def test_typical_input_is_medians_and_most_frequent_levels():
     typical = pre.typical_input()
     expected = pre.transform(schema.coerce(pd.DataFrame({"c": ["b"], "x": [2.0]})))[0]
     assert np.array_equal(typical, expected)
+
+
+def test_a_column_without_training_values_is_named():
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "rare": [np.nan, np.nan, 5.0]})
+    schema = TabularSchema.infer(frame)
+    train = schema.coerce(pd.DataFrame({"x": [1.0, 2.0], "rare": [np.nan, np.nan]}))
+    with pytest.raises(InputError, match="column 'rare' has no values in the training rows"):
+        TabularPreprocessor(schema).fit(train)
+
+
+def test_huge_values_standardise_finitely():
+    schema, pre = _fit(pd.DataFrame({"x": [1e200, 2e200, 3e200], "y": [1.0, 2.0, 3.0]}))
+    assert np.isclose(pre.stats_["x"]["scale"], np.std([1.0, 2.0, 3.0]) * 1e200)
+    out = pre.transform(schema.coerce(pd.DataFrame({"x": [1e200, 3e200], "y": [1e300, -1e39]})))
+    assert np.allclose(out[:, 0], [-1.2247449, 1.2247449])
+    assert np.isfinite(out).all() and out[0, 1] > 1e5 and out[1, 1] < -1e5  # clipped, finite

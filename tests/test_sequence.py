@@ -91,6 +91,15 @@ def test_point_scores_find_level_shifts_and_keep_row_order(fitted, test_rows):
     assert result.loc[far, "is_anomaly"].mean() < 0.05
 
 
+def test_a_wild_value_is_flagged_not_lost(fitted, test_rows):
+    rows = test_rows[test_rows["host"] == test_rows["host"].iloc[0]]
+    rows = rows.sort_values("timestamp").head(100).copy()
+    value = next(c for c in rows.columns if c not in ("host", "timestamp", "label"))
+    rows.loc[rows.index[50], value] = 1e39  # past float32's range: once inf, and a NaN score
+    result = fitted.score(rows)
+    assert result["anomaly_score"].notna().all() and result.loc[rows.index[50], "is_anomaly"]
+
+
 def test_window_scores_are_what_a_stream_gets(fitted, test_rows):
     """by='window' gives each point its window's score: the same numbers as score_windows on
     the raw window ending there, NaN before a window is full."""

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -103,6 +105,52 @@ def test_coerce_refuses_infinity_and_bad_booleans():
         schema.coerce(pd.DataFrame({**base, "ok": ["maybe", "true"]}))
 
 
+def test_coerce_refuses_what_no_column_can_hold():
+    schema = TabularSchema.infer(_frame(), exclude=["id"])
+    base = {"x": [1.0, 2.0], "color": ["red"] * 2, "ok": [True] * 2, "yes": ["y"] * 2}
+    too_large = r"column 'x', row 1: infinite values are not allowed, nor numbers beyond"
+    with pytest.raises(InputError, match=too_large):
+        schema.coerce(pd.DataFrame({**base, "x": pd.Series([1, 10**400], dtype=object)}))
+    with pytest.raises(InputError, match=r"column 'color', row 1: \{'k': 1\} is not a level"):
+        schema.coerce(pd.DataFrame({**base, "color": ["red", {"k": 1}]}))
+    records = [{"x": 1, "color": "red", "ok": True, "yes": "y"}] * 2
+    with pytest.raises(InputError, match=r"column 'color', row 1: \[1\] is not a level"):
+        schema.coerce_records([records[0], {**records[1], "color": [1]}])
+    with pytest.raises(InputError, match=too_large):
+        schema.coerce_records([records[0], {**records[1], "x": -(10**400)}])
+    twice = pd.concat([pd.DataFrame(base), pd.DataFrame({"x": [3.0, 4.0]})], axis=1)
+    with pytest.raises(InputError, match="column 'x' appears twice"):
+        schema.coerce(twice)
+
+
+def test_a_level_read_as_a_number_is_the_same_level_beside_a_gap():
+    schema = TabularSchema.infer(pd.DataFrame({"code": ["x", "2", "1", "1.5"], "v": [1.0] * 4}))
+    alone = schema.coerce(pd.DataFrame({"code": [1, 2], "v": [0.0, 0.0]}))["code"]
+    beside = schema.coerce(pd.DataFrame({"code": [1.0, 2.0, np.nan, 1.5], "v": [0.0] * 4}))
+    assert alone.tolist() == beside["code"][:2].tolist() == [0, 2]  # levels: 1, 1.5, 2, x
+    assert beside["code"][2:].tolist() == [-1, 1]
+    records = [{"code": 1, "v": 0.0}, {"code": "2", "v": 0.0}, {"code": 1.5, "v": 0.0}]
+    assert schema.coerce_records(records)["code"].tolist() == [0, 2, 1]
+
+
+def test_read_csv_refuses_repeated_and_empty_names(tmp_path):
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text("a,b,a\n1,2,3\n")
+    with pytest.raises(InputError, match="column 'a' appears twice"):
+        read_csv(repeated)
+    unnamed = tmp_path / "unnamed.csv"
+    unnamed.write_text("a,,c\n1,2,3\n")
+    with pytest.raises(InputError, match="column 2 of the header has no name"):
+        read_csv(unnamed)
+    with pytest.raises(InputError, match="the body: column 'b' appears twice"):
+        read_csv(io.BytesIO(b"b,b\n1,2\n"), name="the body")
+    assert read_csv(io.BytesIO(b"\xef\xbb\xbfa,b\n1,2\n")).columns.tolist() == ["a", "b"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("caf\xe9,b\n1,2\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin\.csv is not a well-formed CSV file"):
+        read_csv(latin)
+
+
 def test_error_messages_do_not_echo_long_values():
     schema = TabularSchema.infer(_frame(), exclude=["id"])
     frame = pd.DataFrame({"x": ["z" * 10_000], "color": ["red"], "ok": [True], "yes": ["y"]})
@@ -173,6 +221,11 @@ def test_text_parsing_names_the_bad_row():
     table = pa.table({"x": ["1", "inf", "3"], "b": ["t", "t", "t"]})
     with pytest.raises(InputError, match=r"column 'x', row 1: infinite"):
         schema.coerce_text(table)
+    # Missing: the tokens read_csv knows ("nan", "NaN", "-nan"...), not every spelling Arrow reads.
+    table = pa.table({"x": ["nan", "NaN", "-nan", "NAN"], "b": ["t", "t", "t", "t"]})
+    with pytest.raises(InputError, match=r"column 'x', row 3: 'NAN' is not a number"):
+        schema.coerce_text(table)
+    assert np.isnan(schema.coerce_text(table.slice(0, 3))["x"]).all()
 
 
 def test_records_give_the_same_arrays_as_a_dataframe():

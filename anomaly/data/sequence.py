@@ -26,6 +26,8 @@ import pandas as pd
 from anomaly.data.tabular import _show, _to_float
 from anomaly.errors import InputError
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class SequenceSchema:
@@ -143,7 +145,9 @@ class SequenceSchema:
         for start, stop in bounds:
             _interpolate(values[start:stop], times[start:stop], self.values, names[codes[start]])
         series = [names[codes[s]] for s in starts]
-        return Segments(values.astype(np.float32), order, bounds, series)
+        # Kept within float32's range: a wild value is then a large number, not inf.
+        finite = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX)
+        return Segments(finite.astype(np.float32), order, bounds, series)
 
     def split_in_time(self, frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``frame`` cut in two: the rows before the last ``share`` of each series in time,

@@ -13,10 +13,14 @@ raw value becomes a number. It is plain data (``to_dict``/``from_dict``) so it l
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
+import io
 import json
 import logging
+import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +177,9 @@ class TabularSchema:
                 f"missing column {missing[0]!r}, one of the {len(self.names)} the model reads",
                 column=missing[0],
             )
+        repeated = [c for c in self.names if (frame.columns == c).sum() > 1]
+        if repeated:
+            raise InputError(f"column {repeated[0]!r} appears twice", column=repeated[0])
         out = {}
         for col in self.columns:
             series = frame[col.name]
@@ -181,7 +188,7 @@ class TabularSchema:
             elif col.kind == BOOLEAN:
                 out[col.name] = _to_bool(series, col.name, row_offset)
             else:
-                out[col.name] = _to_codes(series, col.categories)
+                out[col.name] = _to_codes(series, col.name, col.categories, row_offset)
         return out
 
     def coerce_text(self, table: pa.Table | pa.RecordBatch, *, row_offset: int = 0) -> dict:
@@ -247,11 +254,16 @@ def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.Da
 
     ``name`` says what ``source`` is in error messages (default: the path).
     """
-    if isinstance(source, str | Path):
-        source = Path(source)
-        if not source.is_file():
-            raise InputError(f"no such file: {source}")
+    # A stream is read twice, for its header and then whole.
+    source = Path(source) if isinstance(source, str | Path) else io.BytesIO(source.read())
     name = name or str(source)
+    # Checked as written: pandas would rename a repeated name ("a.1") or an empty one
+    # ("Unnamed: 2"), and a model trained on such names could not score the same file.
+    for position, column in enumerate(csv_header(source, name=name)):
+        if not column.strip():
+            raise InputError(f"{name}: column {position + 1} of the header has no name")
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
     try:
         frame = pd.read_csv(
             source,
@@ -285,6 +297,9 @@ def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
         parsed = parsed.to_numpy(zero_copy_only=False)
         if np.isinf(parsed).any():
             raise pa.ArrowInvalid("infinite value")
+        nan = np.isnan(parsed)  # Arrow reads any "nan" spelling; read_csv only its tokens
+        if nan.any() and not pc.all(pc.is_in(values.filter(nan), _NA_ARROW)).as_py():
+            raise pa.ArrowInvalid("a spelling of nan that is not a missing-value token")
         return parsed
     spelled, n_true = pc.index_in(values, _BOOL_CASED), len(_CASED_TRUE)
     if spelled.null_count > values.null_count:  # other spellings, missing-value tokens or bad
@@ -298,6 +313,33 @@ def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
 
 def _without_na_tokens(values: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_in(values, _NA_ARROW), pa.nulls(len(values), pa.string()), values)
+
+
+def csv_header(source: Path | BinaryIO, *, name: str | None = None) -> list[str]:
+    """The column names of a CSV file's header, as written; a repeated name is an error."""
+    name = name or str(source)
+    try:
+        if isinstance(source, Path):
+            if not source.is_file():
+                raise InputError(f"no such file: {source}")
+            with open(source, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
+                header = next(csv.reader(fh), None)
+        else:
+            text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+            try:
+                header = next(csv.reader(text), None)
+            finally:
+                text.detach()
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
+    if not header:
+        raise InputError(f"{name} is empty")
+    seen: set[str] = set()
+    for column in header:
+        if column in seen:
+            raise InputError(f"{name}: column {column!r} appears twice", column=column)
+        seen.add(column)
+    return header
 
 
 def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
@@ -361,7 +403,11 @@ def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        try:
+            numbers = pd.to_numeric(series, errors="coerce")
+        except OverflowError:  # an int past float64's range: pandas reads long digit runs so
+            numbers = pd.to_numeric(series.map(_past_float_as_inf), errors="coerce")
+        values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = np.isnan(values) & series.notna().to_numpy()
         if bad.any():
             i = _first_bad(bad)
@@ -374,11 +420,18 @@ def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
     if infinite.any():
         i = _first_bad(infinite)
         raise InputError(
-            f"column {name!r}, row {row_offset + i}: infinite values are not allowed",
+            f"column {name!r}, row {row_offset + i}: infinite values are not allowed, nor "
+            "numbers beyond ±1.8e308",
             column=name,
             row=row_offset + i,
         )
     return values
+
+
+def _past_float_as_inf(value: object) -> object:
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        return math.inf if value > 0 else -math.inf
+    return value
 
 
 def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
@@ -401,10 +454,28 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
     return values
 
 
-def _to_codes(series: pd.Series, categories: Sequence[str]) -> np.ndarray:
-    if not pd.api.types.is_string_dtype(series.dtype):
-        series = series.astype(object).where(series.isna(), series.astype(str))
-    return pd.Index(list(categories), dtype=object).get_indexer(series).astype(np.int64)
+def _to_codes(
+    series: pd.Series, name: str, categories: Sequence[str], row_offset: int
+) -> np.ndarray:
+    levels = pd.Index(list(categories), dtype=object)
+    if series.dtype == object:
+        nested = series.map(lambda v: isinstance(v, dict | list | tuple | set)).to_numpy(bool)
+        if nested.any():
+            i = _first_bad(nested)
+            raise InputError(
+                f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not a level",
+                column=name,
+                row=row_offset + i,
+            )
+    elif pd.api.types.is_float_dtype(series.dtype):
+        # Levels read as numbers: "1" comes back as 1.0 when the column has a gap.
+        whole = (series.abs() < 2**53) & (series % 1 == 0)  # False for NaN and inf
+        as_int = series.astype(object).where(~whole, series[whole].astype(np.int64).astype(str))
+        codes = levels.get_indexer(series.astype(object).where(series.isna(), series.astype(str)))
+        return np.where(codes >= 0, codes, levels.get_indexer(as_int)).astype(np.int64)
+    if series.dtype == object or not pd.api.types.is_string_dtype(series.dtype):
+        series = series.astype(object).where(series.isna(), series.astype(str))  # 1 is "1"
+    return levels.get_indexer(series).astype(np.int64)
 
 
 def _show(value: object, limit: int = 40) -> str:
