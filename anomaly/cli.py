@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from anomaly.errors import AnomalyError
+from anomaly.errors import AnomalyError, InputError
 
 app = typer.Typer(
     help="Autoencoder anomaly detection: train on normal rows, score new ones.",
@@ -319,13 +319,14 @@ def evaluate(
     ] = True,
 ) -> None:
     """Measure a model on labelled rows: AUROC, AUPRC, rates at its threshold and others."""
-    from anomaly import registry
+    from anomaly import load, registry
     from anomaly.data import read_csv
-    from anomaly.detector import Detector
     from anomaly.evaluation import evaluate as run_evaluation
 
     ref = registry.resolve(model)
-    detector = Detector.load(ref.path)
+    detector = load(ref.path)
+    if detector.kind != "tabular":
+        raise InputError(f"evaluate measures table models; {model} holds a {detector.kind} one")
     result = run_evaluation(
         detector, read_csv(data), label_col, target_fpr=target_fpr, target_recall=target_recall
     )

@@ -558,6 +558,8 @@ def _promotion_lock(client, name: str, wait_s: float, lease_s: float) -> Iterato
 
 def rollback(name: str) -> tuple[str, str]:
     """Give ``champion`` back to ``previous``; returns (demoted version, new champion)."""
+    from mlflow.exceptions import MlflowException
+
     client = _client()
     with _mlflow_errors(f"no registered model named {name!r}"):
         aliases = client.get_registered_model(name).aliases
@@ -565,8 +567,14 @@ def rollback(name: str) -> tuple[str, str]:
         raise RegistryError(f"model {name!r} has no {PREVIOUS!r} version to roll back to")
     demoted, restored = aliases.get(CHAMPION), str(aliases[PREVIOUS])
     with _mlflow_errors(f"cannot roll back {name!r}"):
-        client.set_registered_model_alias(name, CHAMPION, restored)
         before = client.get_model_version(name, restored).tags.get(REPLACED_TAG)
+        if before:  # checked before any alias moves: a failed rollback leaves them as they were
+            try:
+                client.get_model_version(name, before)
+            except MlflowException:
+                log.warning("%s version %s, which %s replaced, is gone", name, before, restored)
+                before = None
+        client.set_registered_model_alias(name, CHAMPION, restored)
         if before:
             client.set_registered_model_alias(name, PREVIOUS, before)
         else:

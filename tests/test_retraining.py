@@ -59,6 +59,32 @@ def test_drift_promotes_the_challenger_and_rollback_restores(champion):
     assert aliases(champion)["champion"] == "1"
 
 
+def test_rollback_past_a_deleted_version_drops_previous(fitted_ae):
+    name = f"rollback-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        registry.log_detector(fitted_ae, register=name)
+    registry.promote(name, 2)
+    registry.promote(name, 3)  # champion 3, previous 2, and 2 replaced 1
+    MlflowClient().delete_model_version(name, "1")
+    assert registry.rollback(name) == ("3", "2")
+    assert aliases(name) == {"champion": "2"}
+
+
+def test_the_challenger_reads_the_champions_columns_only(normal_rows, tmp_path):
+    """Not a column the champion ignored (all missing) that the new data fills; and the new
+    data need not hold the columns the champion excluded."""
+    name = f"columns-{uuid.uuid4().hex[:8]}"
+    first = normal_rows.assign(disk=float("nan"))
+    first.to_csv(tmp_path / "first.csv", index=False)
+    det = Detector(model="ae", exclude=["host_id", "timestamp", "label"], epochs=3, seed=0)
+    registry.log_detector(det.fit(first), register=name, data_source=str(tmp_path / "first.csv"))
+    assert det.schema_.ignored["disk"] == "all values missing"
+    new = make_service_metrics(2000, seed=12).drop(columns=["host_id", "timestamp", "label"])
+    result = retrain(name, new.assign(disk=1.0), epochs=3)
+    challenger = registry.load_detector(f"models:/{name}/{result.challenger_version}")
+    assert challenger.schema_.names == det.schema_.names
+
+
 def test_a_challenger_trained_on_anomalies_is_refused(champion):
     contaminated = pd.concat([make_service_metrics(2500, seed=12), anomalies_only(900, 13)])
     result = retrain(champion, contaminated, anomalies=anomalies_only(300, 14), epochs=40)

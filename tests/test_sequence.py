@@ -78,6 +78,28 @@ def test_bad_timestamp_names_the_row():
         schema.prepare(frame)
 
 
+def test_evaluate_says_it_measures_table_models(fitted, test_rows, tmp_path):
+    from typer.testing import CliRunner
+
+    from anomaly.cli import app
+
+    test_rows.head(50).to_csv(tmp_path / "rows.csv", index=False)
+    args = ["evaluate", str(tmp_path / "rows.csv"), "--model", str(fitted.save(tmp_path / "m")),
+            "--label-col", "label", "--no-log"]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 2
+    assert "evaluate measures table models;" in done.output
+    assert "holds a sequence one" in done.output
+
+
+def test_dates_far_from_1970_are_seconds_too():
+    """Past 2262 a date overflows nanoseconds; it is read in its own unit."""
+    schema = SequenceSchema(timestamp="t", values=("v",))
+    seconds = schema.seconds(pd.Series(["9999-12-31", "1000-01-01T00:00:00Z"]))
+    assert seconds.tolist() == [253402214400.0, -30610224000.0]
+    assert schema.shown(seconds[0]) == "9999-12-31T00:00:00+00:00"
+
+
 def test_point_scores_find_level_shifts_and_keep_row_order(fitted, test_rows):
     result = fitted.score(test_rows)
     assert list(result.columns) == ["anomaly_score", "is_anomaly", "p_value"]

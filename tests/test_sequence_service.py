@@ -126,6 +126,14 @@ def test_streams_survive_a_hot_reload_and_memory_is_bounded(model_dir, detector,
     assert len(streams) == 1  # the idle ones expired
 
 
+def scraped(client, sample: str) -> float:
+    """The value of an unlabelled sample on the service's /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return next(s.value for f in families for s in f.samples if s.name == sample)
+
+
 def test_invocations_pyfunc_and_cli_give_the_same_point_scores(
     model_dir, detector, series, tmp_path
 ):
@@ -133,7 +141,9 @@ def test_invocations_pyfunc_and_cli_give_the_same_point_scores(
     expected = detector.score(rows)
     with TestClient(create_app(settings(model_dir))) as client:
         split = {"columns": list(rows.columns), "data": rows.astype(object).to_numpy().tolist()}
+        before = scraped(client, "anomaly_records_scored_total")
         answer = client.post("/invocations", json={"dataframe_split": split})
+        assert scraped(client, "anomaly_records_scored_total") == before + len(rows)
     assert answer.status_code == 200, answer.text
     predictions = pd.DataFrame(answer.json()["predictions"])
     np.testing.assert_array_equal(

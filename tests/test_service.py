@@ -140,6 +140,18 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     assert answer.status_code == 400
     answer = client.post("/invocations", content=b"a,b", headers={"Content-Type": "text/plain"})
     assert answer.status_code == 400
+    deep = b'{"records": [' + b"[" * 5000 + b"]" * 5000 + b"]}"  # json's recursion, not orjson's
+    answer = client.post("/v1/score", content=deep, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and "nested too deeply" in answer.text
+    # A field more than the header names: pandas would shift every value one column left.
+    csv_text = rows.head(2).to_csv(index=False).replace("\n", ",1\n").replace(",1\n", "\n", 1)
+    answer = client.post("/invocations", content=csv_text, headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 400 and "row 0 has 11 fields, the header 10 names" in answer.text
+    # An int past 64 bits in a column passed through comes back as sent.
+    huge = {**record, "host_id": 10**400}
+    answer = client.post("/invocations", content=json.dumps({"dataframe_records": [huge]}),
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["host_id"] == 10**400
 
 
 def test_limits_answer_413(model_dir, rows):
@@ -169,6 +181,8 @@ def test_token_guards_scoring_not_health_or_metrics(model_dir, rows):
         assert client.post("/v1/score/stream", content=b"{}\n").status_code == 401
         for path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(path).status_code == 200
+    with pytest.raises(ValueError, match=r"(?s)api_token.*is empty"):  # "Bearer " would pass
+        Settings(model_uri=str(model_dir), api_token=" ")
 
 
 def test_health_model_info_and_metrics(client, rows, fitted_vae):

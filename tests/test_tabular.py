@@ -60,6 +60,13 @@ def test_timestamp_column_must_be_excluded():
         TabularSchema.infer(frame)
 
 
+def test_a_read_column_cannot_have_the_top_features_separator():
+    frame = pd.DataFrame({"cpu;load": [1.0, 2.0], "x": [1.0, 3.0], "a;b": ["u", "v"]})
+    with pytest.raises(InputError, match="column 'cpu;load': a column the model reads cannot"):
+        TabularSchema.infer(frame, exclude=["a;b"])
+    assert TabularSchema.infer(frame, exclude=["a;b", "cpu;load"]).names == ["x"]
+
+
 def test_no_rows_and_no_columns_are_refused():
     with pytest.raises(InputError, match="no rows"):
         TabularSchema.infer(pd.DataFrame({"x": []}))

@@ -202,7 +202,9 @@ class SequenceSchema:
                 column=self.timestamp,
                 row=row_offset + i,
             )
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(1, "s")
+        # In the parsed values' own unit: in nanoseconds, times past 2262 overflow.
+        epoch = pd.Timestamp(0, tz="UTC").as_unit(parsed.dt.unit)
+        seconds = (parsed - epoch) / pd.Timedelta(1, "s")
         return seconds.to_numpy(dtype=np.float64)
 
     def _series_ids(self, frame: pd.DataFrame) -> np.ndarray:

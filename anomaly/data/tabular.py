@@ -17,6 +17,7 @@ import csv
 import functools
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -155,6 +156,13 @@ class TabularSchema:
             columns.append(_infer_column(name, series, max_categories))
         if not columns:
             raise InputError("no usable columns: every column is excluded or all missing")
+        for col in columns:
+            if ";" in col.name:  # top_features joins names with it
+                raise InputError(
+                    f"column {col.name!r}: a column the model reads cannot have ';' in its "
+                    "name (it separates the names in top_features); rename or exclude it",
+                    column=col.name,
+                )
         return cls(tuple(columns), ignored)
 
     def coerce(self, frame: pd.DataFrame, *, row_offset: int = 0) -> dict[str, np.ndarray]:
@@ -259,11 +267,17 @@ def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.Da
     name = name or str(source)
     # Checked as written: pandas would rename a repeated name ("a.1") or an empty one
     # ("Unnamed: 2"), and a model trained on such names could not score the same file.
-    for position, column in enumerate(csv_header(source, name=name)):
+    header = csv_header(source, name=name)
+    for position, column in enumerate(header):
         if not column.strip():
             raise InputError(f"{name}: column {position + 1} of the header has no name")
-    if isinstance(source, io.BytesIO):
-        source.seek(0)
+    # pandas would take a first field more than the header names as the rows' index, and
+    # shift every value one column left.
+    first = _leading_rows(source, 2, name)[1:]
+    if first and len(first[0]) > len(header):
+        raise InputError(
+            f"{name}: row 0 has {len(first[0])} fields, the header {len(header)} names", row=0
+        )
     try:
         frame = pd.read_csv(
             source,
@@ -318,28 +332,34 @@ def _without_na_tokens(values: pa.Array) -> pa.Array:
 def csv_header(source: Path | BinaryIO, *, name: str | None = None) -> list[str]:
     """The column names of a CSV file's header, as written; a repeated name is an error."""
     name = name or str(source)
+    rows = _leading_rows(source, 1, name)
+    if not rows or not rows[0]:
+        raise InputError(f"{name} is empty")
+    seen: set[str] = set()
+    for column in rows[0]:
+        if column in seen:
+            raise InputError(f"{name}: column {column!r} appears twice", column=column)
+        seen.add(column)
+    return rows[0]
+
+
+def _leading_rows(source: Path | BinaryIO, count: int, name: str) -> list[list[str]]:
+    """The first ``count`` rows of a CSV file or stream (a stream is left where it was)."""
     try:
         if isinstance(source, Path):
             if not source.is_file():
                 raise InputError(f"no such file: {source}")
             with open(source, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
-                header = next(csv.reader(fh), None)
-        else:
-            text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
-            try:
-                header = next(csv.reader(text), None)
-            finally:
-                text.detach()
+                return list(itertools.islice(csv.reader(fh), count))
+        start = source.tell()
+        text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+        try:
+            return list(itertools.islice(csv.reader(text), count))
+        finally:
+            text.detach()
+            source.seek(start)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
-    if not header:
-        raise InputError(f"{name} is empty")
-    seen: set[str] = set()
-    for column in header:
-        if column in seen:
-            raise InputError(f"{name}: column {column!r} appears twice", column=column)
-        seen.add(column)
-    return header
 
 
 def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:

@@ -113,3 +113,5 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # nesting orjson refuses past 1024 levels, which json recurses into
+        raise InputError("the body is not valid JSON: nested too deeply") from None

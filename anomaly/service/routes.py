@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -181,11 +182,18 @@ async def invocations(request: Request, served: Model) -> Response:
         out = with_results(frame, result)
     else:  # a sequence's rows are scored together, as the pyfunc does
         out = await asyncio.to_thread(with_scores, served.detector, frame)
+        scores = out["anomaly_score"].to_numpy(np.float32, na_value=np.nan)
+        flagged = out["is_anomaly"].to_numpy(bool, na_value=False)
+        if served.detector.kind == "image":
+            served.record(scores, flagged)
+        else:  # point scores are counted; the drift window holds window scores (streams)
+            metrics.observe_scores(scores, flagged)
     predictions = out.astype(object).where(out.notna(), None).to_dict(orient="records")
-    return Response(
-        orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
-        media_type="application/json",
-    )
+    try:
+        body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:  # an int past 64 bits in a column passed through; json writes any int
+        body = json.dumps({"predictions": predictions}, default=np.generic.item).encode()
+    return Response(body, media_type="application/json")
 
 
 @scoring.post(

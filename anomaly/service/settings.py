@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,3 +51,11 @@ class Settings(BaseSettings):
         "more threads spin between small operations, taking the cores the workers and the "
         "event loop need; add workers for more cores",
     )
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_empty(cls, token: SecretStr | None) -> SecretStr | None:
+        # An empty token (a secret that did not arrive) would let "Bearer " through.
+        if token is not None and not token.get_secret_value().strip():
+            raise ValueError("is empty; leave it unset for no token, or give one")
+        return token
