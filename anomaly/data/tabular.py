@@ -419,6 +419,19 @@ def _first_bad(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _refuse_first(
+    bad: np.ndarray, series: pd.Series, name: str, row_offset: int, problem: str
+) -> None:
+    """Raise an InputError naming the column, and the first ``bad`` row with its value."""
+    if bad.any():
+        i = _first_bad(bad)
+        raise InputError(
+            f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} {problem}",
+            column=name,
+            row=row_offset + i,
+        )
+
+
 def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -428,14 +441,8 @@ def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
         except OverflowError:  # an int past float64's range: pandas reads long digit runs so
             numbers = pd.to_numeric(series.map(_past_float_as_inf), errors="coerce")
         values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-        bad = np.isnan(values) & series.notna().to_numpy()
-        if bad.any():
-            i = _first_bad(bad)
-            raise InputError(
-                f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not a number",
-                column=name,
-                row=row_offset + i,
-            )
+        _refuse_first(np.isnan(values) & series.notna().to_numpy(), series, name, row_offset,
+                      "is not a number")  # fmt: skip
     infinite = np.isinf(values)
     if infinite.any():
         i = _first_bad(infinite)
@@ -464,13 +471,7 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
         values[lowered.isin(TRUE_WORDS).to_numpy()] = 1.0
         values[lowered.isin(FALSE_WORDS).to_numpy()] = 0.0
         bad = np.isnan(values) & series.notna().to_numpy()
-    if bad.any():
-        i = _first_bad(bad)
-        raise InputError(
-            f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not true or false",
-            column=name,
-            row=row_offset + i,
-        )
+    _refuse_first(bad, series, name, row_offset, "is not true or false")
     return values
 
 
@@ -480,13 +481,7 @@ def _to_codes(
     levels = pd.Index(list(categories), dtype=object)
     if series.dtype == object:
         nested = series.map(lambda v: isinstance(v, dict | list | tuple | set)).to_numpy(bool)
-        if nested.any():
-            i = _first_bad(nested)
-            raise InputError(
-                f"column {name!r}, row {row_offset + i}: {_show(series.iloc[i])} is not a level",
-                column=name,
-                row=row_offset + i,
-            )
+        _refuse_first(nested, series, name, row_offset, "is not a level")
     elif pd.api.types.is_float_dtype(series.dtype):
         # Levels read as numbers: "1" comes back as 1.0 when the column has a gap.
         whole = (series.abs() < 2**53) & (series % 1 == 0)  # False for NaN and inf
