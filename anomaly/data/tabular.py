@@ -267,16 +267,16 @@ def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.Da
     name = name or str(source)
     # Checked as written: pandas would rename a repeated name ("a.1") or an empty one
     # ("Unnamed: 2"), and a model trained on such names could not score the same file.
-    header = csv_header(source, name=name)
+    leading = _leading_rows(source, 2, name)
+    header = _checked_header(leading, name)
     for position, column in enumerate(header):
         if not column.strip():
             raise InputError(f"{name}: column {position + 1} of the header has no name")
     # pandas would take a first field more than the header names as the rows' index, and
     # shift every value one column left.
-    first = _leading_rows(source, 2, name)[1:]
-    if first and len(first[0]) > len(header):
+    if len(leading) > 1 and len(leading[1]) > len(header):
         raise InputError(
-            f"{name}: row 0 has {len(first[0])} fields, the header {len(header)} names", row=0
+            f"{name}: row 0 has {len(leading[1])} fields, the header {len(header)} names", row=0
         )
     try:
         frame = pd.read_csv(
@@ -332,7 +332,10 @@ def _without_na_tokens(values: pa.Array) -> pa.Array:
 def csv_header(source: Path | BinaryIO, *, name: str | None = None) -> list[str]:
     """The column names of a CSV file's header, as written; a repeated name is an error."""
     name = name or str(source)
-    rows = _leading_rows(source, 1, name)
+    return _checked_header(_leading_rows(source, 1, name), name)
+
+
+def _checked_header(rows: list[list[str]], name: str) -> list[str]:
     if not rows or not rows[0]:
         raise InputError(f"{name} is empty")
     seen: set[str] = set()
@@ -482,15 +485,15 @@ def _to_codes(
     if series.dtype == object:
         nested = series.map(lambda v: isinstance(v, dict | list | tuple | set)).to_numpy(bool)
         _refuse_first(nested, series, name, row_offset, "is not a level")
-    elif pd.api.types.is_float_dtype(series.dtype):
+    elif pd.api.types.is_string_dtype(series.dtype):
+        return levels.get_indexer(series).astype(np.int64)
+    codes = levels.get_indexer(series.astype(object).where(series.isna(), series.astype(str)))
+    if pd.api.types.is_float_dtype(series.dtype):
         # Levels read as numbers: "1" comes back as 1.0 when the column has a gap.
         whole = (series.abs() < 2**53) & (series % 1 == 0)  # False for NaN and inf
         as_int = series.astype(object).where(~whole, series[whole].astype(np.int64).astype(str))
-        codes = levels.get_indexer(series.astype(object).where(series.isna(), series.astype(str)))
-        return np.where(codes >= 0, codes, levels.get_indexer(as_int)).astype(np.int64)
-    if series.dtype == object or not pd.api.types.is_string_dtype(series.dtype):
-        series = series.astype(object).where(series.isna(), series.astype(str))  # 1 is "1"
-    return levels.get_indexer(series).astype(np.int64)
+        codes = np.where(codes >= 0, codes, levels.get_indexer(as_int))
+    return codes.astype(np.int64)
 
 
 def _show(value: object, limit: int = 40) -> str:
