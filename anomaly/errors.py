@@ -40,3 +40,7 @@ class ModelFormatError(AnomalyError):
 
 class RegistryError(AnomalyError):
     """A model URI that does not resolve: unknown model or alias, or an unreachable server."""
+
+
+class PromotionLocked(RegistryError):
+    """Another promotion of the same registered model held its lock for longer than we waited."""

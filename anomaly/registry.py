@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.detector import Detector
-from anomaly.errors import RegistryError
+from anomaly.errors import PromotionLocked, RegistryError
 from anomaly.persistence import META_FILE, load_detector_dir
 from anomaly.pyfunc import DATA_DIR, signature
 
@@ -46,6 +46,8 @@ MODEL_ARTIFACT = "model"  # the logged model's name inside its run
 LOADER_MODULE = "anomaly.pyfunc"
 # On a version that became champion: the version it replaced, so that rollbacks can chain.
 REPLACED_TAG = "anomaly.replaced_version"
+# How long a gated promotion waits for another one to finish before giving up.
+PROMOTION_WAIT_S = 30.0
 _PROJECTION_ROWS = 5000
 
 
@@ -163,7 +165,7 @@ def _download(uri: str, key: str) -> Path:
         return target
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
-        with _mlflow_errors(f"cannot download {uri}"):
+        with _mlflow_errors(f"cannot download {uri}"), _download_errors(uri):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=staging))
         if not (local / "MLmodel").is_file():
             raise RegistryError(f"{uri} is not an MLflow model (no MLmodel file)")
@@ -172,6 +174,33 @@ def _download(uri: str, key: str) -> Path:
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _download_errors(uri: str) -> Iterator[None]:
+    """What MLflow's artifact stores raise outside MlflowException, as one RegistryError line."""
+    try:
+        yield
+    except ImportError as exc:
+        package = _STORE_PACKAGES.get((exc.name or "").split(".")[0], exc.name)
+        raise RegistryError(
+            f"cannot download {uri}: its artifact store needs the package {package!r} "
+            f"(pip install {package})"
+        ) from None
+    except ValueError as exc:
+        if urlparse(uri).scheme in ("http", "https"):  # MLflow splits the URL at this path
+            raise RegistryError(
+                f"cannot download {uri}: an http(s) model URI points into an MLflow server's "
+                "artifacts, http://HOST/api/2.0/mlflow-artifacts/artifacts/PATH"
+            ) from None
+        raise RegistryError(f"cannot download {uri}: {exc}") from None
+    except OSError as exc:  # hdfs:// without Java, a full disk...
+        raise RegistryError(f"cannot download {uri}: {exc or type(exc).__name__}") from None
+
+
+# The module an artifact store imports -> the package that provides it.
+_STORE_PACKAGES = {"botocore": "boto3", "boto3": "boto3", "google": "google-cloud-storage",
+                   "azure": "azure-storage-blob"}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- logging a detector
@@ -504,7 +533,12 @@ def promote(name: str, version: str | int, alias: str = CHAMPION) -> str | None:
 
 
 def promote_if_champion(
-    name: str, version: str | int, expected: str, *, wait_s: float = 30.0, lease_s: float = 600.0
+    name: str,
+    version: str | int,
+    expected: str,
+    *,
+    wait_s: float | None = None,
+    lease_s: float = 600.0,
 ) -> tuple[bool, str | None]:
     """Make ``version`` champion only if ``expected`` still is; returns (promoted, champion seen).
 
@@ -512,9 +546,11 @@ def promote_if_champion(
     champion is read again and moved only when it is still the one the gate compared with. The
     lock is a registered model named ``NAME--promotion-lock``: creating a registered model is
     atomic in every MLflow store, so exactly one creator wins. A lock older than ``lease_s``
-    (its holder died) is broken.
+    (its holder died) is broken. Waiting longer than ``wait_s`` (default
+    :data:`PROMOTION_WAIT_S`) for the lock raises :class:`~anomaly.errors.PromotionLocked`.
     """
     client = _client()
+    wait_s = PROMOTION_WAIT_S if wait_s is None else wait_s
     with _promotion_lock(client, name, wait_s, lease_s):
         with _mlflow_errors(f"no registered model named {name!r}"):
             current = client.get_registered_model(name).aliases.get(CHAMPION)
@@ -547,7 +583,7 @@ def _promotion_lock(client, name: str, wait_s: float, lease_s: float) -> Iterato
                 client.delete_registered_model(lock)
                 continue
         if time.monotonic() > deadline:
-            raise RegistryError(f"another promotion of {name!r} holds its lock ({lock})")
+            raise PromotionLocked(f"another promotion of {name!r} holds its lock ({lock})")
         time.sleep(0.2)
     try:
         yield

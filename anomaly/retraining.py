@@ -29,7 +29,7 @@ from anomaly import registry
 from anomaly.data.images import ImageSource, load_images
 from anomaly.data.tabular import TabularSchema, read_csv
 from anomaly.detector import Detector
-from anomaly.errors import InputError
+from anomaly.errors import InputError, PromotionLocked
 from anomaly.image import ImageDetector
 from anomaly.persistence import load_detector_dir
 from anomaly.sequence import SequenceDetector
@@ -247,12 +247,16 @@ def retrain(
         figures = _gate_figures(champion, challenger, scores, len(held_out))
         failures, passes = apply_rules(rules, figures, challenger.target_fpr)
     if not failures:
-        promoted, now = registry.promote_if_champion(name, logged.version, champion_ref.version)
-        if not promoted:
-            failures.append(
-                f"failed: the champion changed during this retrain (v{champion_ref.version} -> "
-                f"v{now}); the gate compared against v{champion_ref.version}: retrain again"
-            )
+        try:
+            promoted, now = registry.promote_if_champion(name, logged.version, champion_ref.version)
+        except PromotionLocked as exc:
+            failures.append(f"failed: {exc}: retrain again once it is done")
+        else:
+            if not promoted:
+                failures.append(
+                    f"failed: the champion changed during this retrain (v{champion_ref.version} "
+                    f"-> v{now}); the gate compared against v{champion_ref.version}: retrain again"
+                )
     promoted = not failures
     reasons = failures + passes
     if anomalies is None:

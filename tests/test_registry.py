@@ -1,5 +1,6 @@
 """MLflow logging, the registry's aliases, model URIs and the pyfunc, on a real sqlite store."""
 
+import importlib.util
 import shutil
 import uuid
 from pathlib import Path
@@ -171,6 +172,14 @@ def test_first_version_is_champion_and_promotion_and_rollback_chain(fitted_ae):
         ("models:/x/Production", "give a version number or an alias"),
         ("runs:/0123456789abcdef/model", "cannot download runs:/0123456789abcdef/model"),
         ("/no/such/dir", "no model at /no/such/dir"),
+        ("http://127.0.0.1:9/y", "points into an MLflow server's artifacts"),
+        pytest.param(
+            "s3://bucket/model",
+            r"needs the package 'boto3' \(pip install boto3\)",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("botocore") is not None, reason="boto3 is installed"
+            ),
+        ),
     ],
 )
 def test_bad_uris_say_what_is_wrong(uri, message):

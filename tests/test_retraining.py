@@ -209,6 +209,19 @@ def test_racing_promotions_leave_one_winner(fitted_ae):
     assert name + "--promotion-lock" not in {m["name"] for m in registry.list_models()}
 
 
+def test_a_promotion_holding_the_lock_fails_the_gate(champion, monkeypatch):
+    """Another promotion still holds the lock: a gate failure (the scheduler's exit 3), with its
+    record logged, and the champion where it was."""
+    MlflowClient().create_registered_model(champion + "--promotion-lock")
+    monkeypatch.setattr(registry, "PROMOTION_WAIT_S", 0.3)
+    new = make_service_metrics(1500, seed=24)
+    result = retrain(champion, new, epochs=2, rules=GateRules(max_fpr_ratio=50.0))
+    assert not result.promoted
+    assert any("holds its lock" in reason for reason in result.reasons), result.reasons
+    assert aliases(champion) == {"champion": "1", "challenger": "2"}
+    assert MlflowClient().get_run(result.run_id).data.tags["anomaly.gate"] == "kept"
+
+
 @pytest.mark.parametrize(
     ("flagged", "held_out", "passes"),
     [(1, 40, True), (2, 40, True), (3, 40, False),  # one image in 40 is 2.5%, yet no evidence
