@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from prometheus_client import REGISTRY
 
 from anomaly import registry
+from anomaly.data.tabular import TabularSchema
 from anomaly.pyfunc import with_scores
 from anomaly.service.app import create_app
 from anomaly.service.batching import Batcher
@@ -102,6 +104,62 @@ def test_stream_answers_bad_lines_and_scores_the_rest(client, rows, fitted_vae):
     assert np.float32(out[4]["anomaly_score"]) == expected[2]
 
 
+def _stream(client: TestClient, records: list[dict]) -> list[dict]:
+    body = "".join(json.dumps(r) + "\n" for r in records).encode()
+    answer = client.post("/v1/score/stream", content=body)
+    return [json.loads(line) for line in answer.text.splitlines()]
+
+
+def test_stream_reads_json_as_the_json_endpoint_does(client, rows):
+    records = records_of(rows.head(3))
+    records[0]["cpu"] = float("nan")  # a missing value
+    records[1]["memory"] = float("inf")
+    records[2]["region"] = "\ud800"  # json reads it, pandas cannot convert it
+    out = _stream(client, records)  # Python writes NaN, Infinity and the lone surrogate
+    scored = client.post("/v1/score", content=json.dumps({"records": records[:1]}),
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert out[0]["anomaly_score"] == scored.json()["results"][0]["anomaly_score"]
+    assert out[1]["error"].startswith("column 'memory', line 1: infinite values are not allowed")
+    assert out[2]["error"] == "line 2 is not valid JSON: an unpaired surrogate"
+    surrogate = client.post("/v1/score", content=json.dumps({"records": records[2:]}),
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+    assert surrogate.status_code == 422 and "unpaired surrogate" in surrogate.text
+
+
+def test_stream_finds_every_bad_line_in_linear_work(client, rows, fitted_vae, monkeypatch):
+    """Each bad line gets the error it would get alone, and finding them coerces each value a
+    bounded number of times: re-checking the batch after each bad line was quadratic."""
+    coerced = []
+    coerce_records = TabularSchema.coerce_records
+
+    def counting(self, records, **kw):
+        coerced.append(len(records) * len(self.columns))
+        return coerce_records(self, records, **kw)
+
+    monkeypatch.setattr(TabularSchema, "coerce_records", counting)
+    n = 200
+    edits = [{}, {"cpu": "fast"}, {"cached": "maybe", "memory": "lots"}, {"cpux": 1}]
+    records = [{**r, **edits[i % 4]} for i, r in enumerate(records_of(rows.head(n)))]
+    out = _stream(client, records)
+    assert [o["line"] for o in out] == list(range(n))
+    errors = ["column 'cpu', line {}: 'fast' is not a number",
+              "column 'memory', line {}: 'lots' is not a number",  # the schema's first
+              "line {}: unknown field 'cpux' (the model reads 8 fields)"]  # fmt: skip
+    for i, o in enumerate(out):
+        assert o.get("error") == (errors[i % 4 - 1].format(i) if i % 4 else None), o
+    expected = fitted_vae.score(rows.head(n).iloc[::4])["anomaly_score"].to_numpy()
+    assert np.array_equal(np.float32([o["anomaly_score"] for o in out[::4]]), expected)
+    assert sum(coerced) <= 4 * n * len(fitted_vae.schema_.names)
+
+
+def test_stream_errors_say_line_only_in_their_own_words(client, rows):
+    good = records_of(rows.head(4))
+    lines = [*good[:3], {**good[3], "cpu": "row 3"}, {**good[0], "record 4": 1}]
+    out = _stream(client, lines)
+    assert out[3]["error"] == "column 'cpu', line 3: 'row 3' is not a number"
+    assert out[4]["error"] == "line 4: unknown field 'record 4' (the model reads 8 fields)"
+
+
 @pytest.mark.parametrize(
     ("edit", "status", "loc", "message"),
     [
@@ -167,6 +225,42 @@ def test_limits_answer_413(model_dir, rows):
         assert answer.status_code == 413 and "limit is 10" in answer.json()["detail"]
         chunked = (b" " * 1000 for _ in range(5))  # no Content-Length: counted as it arrives
         assert client.post("/v1/score", content=chunked).status_code == 413
+
+
+def _requests_counted(endpoint: str, status: int) -> float:
+    labels = {"endpoint": endpoint, "status": str(status)}
+    return REGISTRY.get_sample_value("anomaly_requests_total", labels) or 0.0
+
+
+def test_metrics_name_the_route_of_a_413_and_count_a_client_gone_as_499(model_dir):
+    app = create_app(Settings(model_uri=str(model_dir), max_body_bytes=100))
+    counts = {(e, s): _requests_counted(e, s) for e in ("/v1/score", "unmatched")
+              for s in (413, 499, 500)}  # fmt: skip
+    client = TestClient(app)  # no lifespan: these answers come before any model is needed
+    assert client.post("/v1/score", content=b" " * 200).status_code == 413
+    assert client.post("/v1/nowhere", content=b" " * 200).status_code == 413
+    messages = [{"type": "http.request", "body": b'{"records": [', "more_body": True},
+                {"type": "http.disconnect"}]  # fmt: skip
+    sent = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/score", "raw_path": b"/v1/score", "root_path": "",
+             "query_string": b"", "headers": [], "client": ("client", 1),
+             "server": ("service", 80)}  # fmt: skip
+    asyncio.run(app(scope, receive, send))  # the disconnect does not escape as an error
+    assert sent == []  # nobody left to answer
+    grown = {key: _requests_counted(*key) - before for key, before in counts.items()}
+    assert {key: n for key, n in grown.items() if n} == {
+        ("/v1/score", 413): 1,
+        ("unmatched", 413): 1,  # unknown paths share one label
+        ("/v1/score", 499): 1,
+    }
 
 
 def test_token_guards_scoring_not_health_or_metrics(model_dir, rows):

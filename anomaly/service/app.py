@@ -12,12 +12,14 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import anomaly
@@ -31,6 +33,7 @@ from anomaly.streams import MemoryStreams, RedisStreams
 
 log = logging.getLogger(__name__)
 STREAM_PATH = "/v1/score/stream"  # exempt from the body limit: its lines are limited instead
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left, not a server error
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestMetrics, routes=[*scoring.routes, *operations.routes])
     return app
 
 
@@ -132,8 +135,8 @@ class BodyLimit:
         body, more = bytearray(), True
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # the client left
-                return
+            if message["type"] != "http.request":  # the client left: said as Starlette says it
+                raise ClientDisconnect()
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
                 return await _too_large(self.max_bytes, send)
@@ -160,15 +163,20 @@ async def _no_receive() -> Message:
 
 
 class RequestMetrics:
-    """Counts every request by route template and status, and times it."""
+    """Counts every request by route template and status, and times it.
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
+    A request answered before routing (a body over the limit, a client gone mid-body) is named
+    by matching ``routes`` as the router would; a path none matches is "unmatched", so there
+    are never more labels than routes."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]):
+        self.app, self.routes = app, routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500
+        started = time.perf_counter()
+        status: int | None = None
 
         async def recording(message: Message) -> None:
             nonlocal status
@@ -178,10 +186,28 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, recording)
+        except ClientDisconnect:
+            # Nobody is left to answer: raised further, it would be logged as a server error
+            # and Starlette would send a 500 to no one.
+            status = status or CLIENT_CLOSED
         finally:
-            route = scope.get("route")
+            route = scope.get("route") or _route_of(scope, self.routes)
             endpoint = route.path if route is not None else "unmatched"
-            metrics.REQUESTS.labels(endpoint=endpoint, status=str(status)).inc()
+            # No answer started and no disconnect: the app failed (ServerErrorMiddleware 500s)
+            metrics.REQUESTS.labels(endpoint=endpoint, status=str(status or 500)).inc()
             metrics.REQUEST_DURATION.labels(endpoint=endpoint).observe(
                 time.perf_counter() - started
             )
+
+
+def _route_of(scope: Scope, routes: Sequence[BaseRoute]) -> BaseRoute | None:
+    """The route the router would pick for a request answered before routing: the first full
+    match, else the first partial one (another method: the router answers it 405)."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from anomaly.data.tabular import read_csv
+from anomaly.data.tabular import TabularSchema, read_csv
 from anomaly.detector import Detector
 from anomaly.errors import InputError
 
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class RecordError(InputError):
@@ -41,22 +44,77 @@ def parse_records(body: bytes) -> list[dict[str, Any]]:
 
 def records_to_columns(detector: Detector, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Check each record's fields, then its values; raises :class:`InputError` naming both."""
+    error = next(field_errors(detector, enumerate(records)), None)
+    if error is not None:
+        raise error
+    return detector.schema_.coerce_records(records)
+
+
+def field_errors(
+    detector: Detector, records: Iterable[tuple[int, Mapping[str, Any]]], item: str = "record"
+) -> Iterator[RecordError]:
+    """An error for each numbered record that lacks a trained field or has one the model does
+    not know, naming it as ``{item} {number}``: the number is written in, never edited in."""
     schema = detector.schema_
     required = set(schema.names)
     allowed = required | set(schema.ignored)
-    for i, record in enumerate(records):
+    reads = f"the model reads {len(required)} fields"
+    for number, record in records:
         keys = record.keys()
         if not keys >= required:
             field = next(n for n in schema.names if n not in keys)
-            raise RecordError(f"record {i}: missing field {field!r}", column=field, row=i)
-        if not keys <= allowed:
+            yield RecordError(f"{item} {number}: missing field {field!r}", column=field, row=number)
+        elif not keys <= allowed:
             field = sorted(k for k in keys if k not in allowed)[0]
-            raise RecordError(
-                f"record {i}: unknown field {field!r} (the model reads {len(required)} fields)",
+            yield RecordError(
+                f"{item} {number}: unknown field {field!r} ({reads})",
                 column=field,
-                row=i,
+                row=number,
             )
-    return schema.coerce_records(records)
+
+
+def lines_to_columns(
+    detector: Detector, records: Mapping[int, Mapping[str, Any]]
+) -> tuple[list[int], dict[str, np.ndarray], dict[int, str]]:
+    """NDJSON records by line number: the good lines' numbers and columns, and an error for each
+    bad line, the one the line would get alone.
+
+    Linear in the lines (re-checking the batch after each bad line cost a batch per bad line):
+    a column is checked whole, and line by line only when it holds a bad value; the columns
+    go in the schema's order, so that a line's error names its first bad column."""
+    errors = {error.row: str(error) for error in field_errors(detector, records.items(), "line")}
+    good = {number: record for number, record in records.items() if number not in errors}
+    schema = detector.schema_
+    try:
+        return list(good), schema.coerce_records(list(good.values())), errors
+    except InputError:
+        pass  # a bad value somewhere: find every one
+    for column in schema.columns:
+        single = TabularSchema((column,))
+        try:
+            single.coerce_records(list(good.values()))
+            continue
+        except InputError:
+            pass
+        for number, record in list(good.items()):
+            try:
+                single.coerce_records([record], row_offset=number)
+            except InputError as exc:
+                errors[number] = _on_line(exc, number)
+                del good[number]
+    # Each value left passed alone, and coercion goes value by value: together they pass too.
+    return list(good), schema.coerce_records(list(good.values())), errors
+
+
+def _on_line(exc: InputError, number: int) -> str:
+    """The message of a value error of line ``number`` (coerced with that row offset), saying
+    "line" where the schema's own prefix says "row": the rest of the message, which may echo
+    the client's value, is left as it is."""
+    message = str(exc)
+    own = f"column {exc.column!r}, row {number}: "
+    if message.startswith(own):
+        return f"column {exc.column!r}, line {number}: {message[len(own) :]}"
+    return f"line {number}: {message}"
 
 
 def parse_invocations(body: bytes, content_type: str) -> pd.DataFrame:
@@ -94,24 +152,28 @@ def parse_invocations(body: bytes, content_type: str) -> pd.DataFrame:
 
 
 def parse_line(line: bytes, number: int) -> dict[str, Any]:
-    """One NDJSON line: a JSON object (a record)."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"line {number}: not valid JSON: {exc}", row=number) from None
+    """One NDJSON line: a JSON object (a record), read as a JSON body is (NaN included)."""
+    record = _loads(line, f"line {number}", row=number)
     if not isinstance(record, dict):
         raise InputError(f"line {number}: expected a JSON object (a record)", row=number)
     return record
 
 
-def _loads(body: bytes) -> Any:
+def _loads(data: bytes, name: str = "the body", row: int | None = None) -> Any:
     try:
-        return orjson.loads(body)
+        return orjson.loads(data)
     except orjson.JSONDecodeError:
         pass
     try:  # Python clients write NaN and Infinity, which strict JSON (and orjson) refuse
-        return json.loads(body)
+        value = json.loads(data)
+        # json also takes an unpaired surrogate escape ("\ud800"), which no UTF-8 text can hold
+        # and pandas fails on; only an escape makes one, so most bodies skip the check.
+        if _SURROGATE_ESCAPE.search(data):
+            json.dumps(value, ensure_ascii=False).encode()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"the body is not valid JSON: {exc}") from None
+        raise InputError(f"{name} is not valid JSON: {exc}", row=row) from None
+    except UnicodeEncodeError:  # its message would repeat the surrogate
+        raise InputError(f"{name} is not valid JSON: an unpaired surrogate", row=row) from None
     except RecursionError:  # nesting orjson refuses past 1024 levels, which json recurses into
-        raise InputError("the body is not valid JSON: nested too deeply") from None
+        raise InputError(f"{name} is not valid JSON: nested too deeply", row=row) from None
+    return value

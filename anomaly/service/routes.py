@@ -19,6 +19,7 @@ from anomaly.errors import InputError
 from anomaly.pyfunc import decode_images, with_results, with_scores
 from anomaly.service import metrics
 from anomaly.service.inputs import (
+    lines_to_columns,
     parse_invocations,
     parse_line,
     parse_records,
@@ -252,26 +253,13 @@ async def _score_lines(request: Request, lines: list[bytes], first: int) -> byte
             records[first + offset] = parse_line(line, first + offset)
         except InputError as exc:
             out[first + offset] = {"line": first + offset, "error": str(exc)}
-    while records:
-        numbers = list(records)
-        try:
-            columns = records_to_columns(served.detector, list(records.values()))
-        except InputError as exc:
-            if exc.row is None:
-                raise
-            bad = numbers[exc.row]
-            message = (
-                str(exc)
-                .replace(f"row {exc.row}", f"line {bad}")
-                .replace(f"record {exc.row}", f"line {bad}")
-            )
-            out[bad] = {"line": bad, "error": message}
-            del records[bad]
-            continue
+    numbers, columns, errors = lines_to_columns(served.detector, records)
+    for number, message in errors.items():
+        out[number] = {"line": number, "error": message}
+    if numbers:
         result = await request.app.state.batcher.score(served, columns, len(numbers))
         for number, item in zip(numbers, _results(result), strict=True):
             out[number] = {"line": number, **item}
-        break
     return b"".join(_line(out[n]) for n in sorted(out))
 
 
