@@ -30,7 +30,13 @@ import pyarrow.csv as pacsv
 import torch
 from tqdm.auto import tqdm
 
-from anomaly.data.tabular import csv_header
+from anomaly.data.tabular import (
+    CSV_PARSE_OPTIONS,
+    NA_VALUES,
+    csv_header,
+    line_of,
+    text_convert_options,
+)
 from anomaly.detector import RESULT_COLUMNS, Detector
 from anomaly.errors import InputError
 from anomaly.persistence import hidden_sibling
@@ -38,6 +44,8 @@ from anomaly.sequence import RESULT_COLUMNS as SERIES_RESULTS
 from anomaly.sequence import OutOfTimeOrder
 
 log = logging.getLogger(__name__)
+
+_NA_TEXT = pa.array(NA_VALUES, pa.string())
 
 
 @dataclass(frozen=True)
@@ -234,10 +242,14 @@ def _parsed(schema, blocks):
 
 
 def _as_read(column: pa.Array, *, keep_empty: bool) -> np.ndarray:
-    """A text column as the whole-file path reads it: an empty value is missing (None) but
-    for a timestamp or series id, where it stays text, to be refused or named as written."""
+    """A text column as :func:`~anomaly.data.tabular.read_csv` reads it: a value column's
+    missing-value tokens (empty, ``NA``, ``null``...) are missing (None); a timestamp or
+    series id stays text, to be refused or named as written."""
     if keep_empty:
         column = pc.fill_null(column, "")
+    else:
+        missing = pc.fill_null(pc.is_in(column, value_set=_NA_TEXT), True)
+        column = pc.if_else(missing, pa.scalar(None, pa.string()), column)
     return column.to_numpy(zero_copy_only=False)
 
 
@@ -343,9 +355,8 @@ def _on_line(exc: InputError, path: Path) -> InputError:
     an editor's lines from 1 at the header."""
     if exc.row is None:
         return exc
-    return InputError(
-        f"{path}: {exc} (line {exc.row + 2} of the file)", column=exc.column, row=exc.row
-    )
+    line = line_of(path, exc.row)
+    return InputError(f"{path}: {exc} (line {line} of the file)", column=exc.column, row=exc.row)
 
 
 def _bar(path: Path, desc: str, progress: bool) -> tqdm:
@@ -362,9 +373,11 @@ def score_images(
     ``p_value``, written atomically. With ``maps_dir``, each image's anomaly map over it too,
     as ``<name>_map.png``, on one colour scale (the model's)."""
     from anomaly.data.images import load_images
-    from anomaly.image_maps import save_overlays
+    from anomaly.image_maps import check_maps_dir, save_overlays
 
     started = time.perf_counter()
+    if maps_dir is not None:  # a file in the way fails now, not after the scores are written
+        check_maps_dir(maps_dir)
     images, names = load_images(source, detector.image_size_, detector.channels)
     frame, maps = detector.score_with_maps(images, names, maps=maps_dir is not None)
     output_path = Path(output_path)
@@ -404,14 +417,8 @@ def _read_blocks(stream, header: list[str], block_size: int, path: Path):
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block_size),
-            # An empty field, quoted or not, is null (and written back empty): numeric columns
-            # with gaps then parse without the slower search for missing-value tokens. Other
-            # tokens ("NA") stay text, so passthrough columns are written back as read.
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in header},
-                strings_can_be_null=True,
-                null_values=[""],
-            ),
+            parse_options=CSV_PARSE_OPTIONS,
+            convert_options=text_convert_options(header),
         )
         yield from reader
     except pa.ArrowInvalid as exc:

@@ -9,7 +9,8 @@ Two threshold rules:
   ``libspot``): a generalised Pareto tail fitted to the largest calibration scores, which
   reaches rates far below 1/n where the plain quantile cannot.
 
-Every scored row also gets a conformal p-value ``(1 + #{calibration scores >= s}) / (n + 1)``.
+Every scored row also gets a conformal p-value ``(1 + #{calibration scores >= s}) / (n + 1)``
+(NaN for a NaN score).
 """
 
 from __future__ import annotations
@@ -101,10 +102,16 @@ class Calibrator:
         return threshold
 
     def p_values(self, scores: np.ndarray) -> np.ndarray:
-        """Conformal p-values: small when a score is rare among normal calibration scores."""
+        """Conformal p-values: small when a score is rare among normal calibration scores.
+
+        A NaN score gets a NaN p-value: ``searchsorted`` places NaN after every score, which
+        would give it the smallest p-value while :meth:`flag` says it is not above the
+        threshold.
+        """
+        scores = np.asarray(scores, dtype=np.float64)
         n = len(self.scores_)
         at_least = n - np.searchsorted(self.scores_, scores, side="left")
-        return (1.0 + at_least) / (n + 1.0)
+        return np.where(np.isnan(scores), np.nan, (1.0 + at_least) / (n + 1.0))
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold_

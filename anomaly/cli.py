@@ -327,8 +327,9 @@ def evaluate(
     detector = load(ref.path)
     if detector.kind != "tabular":
         raise InputError(f"evaluate measures table models; {model} holds a {detector.kind} one")
+    frame = read_csv(data, schema=detector.schema_)  # the model's columns as `score` reads them
     result = run_evaluation(
-        detector, read_csv(data), label_col, target_fpr=target_fpr, target_recall=target_recall
+        detector, frame, label_col, target_fpr=target_fpr, target_recall=target_recall
     )
     width = max(map(len, result.metrics))
     for name, value in result.metrics.items():

@@ -46,6 +46,29 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmax: float, *, alpha: float = 
     return np.round(rgb * 255.0).astype(np.uint8)
 
 
+def check_maps_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir`` as a Path, when overlays can be written there: a folder, or a path not there
+    yet whose nearest existing parent is a folder.
+
+    Call it before scoring, so that a maps path that is a file fails before anything is
+    written (:func:`save_overlays` calls it too).
+
+    Raises
+    ------
+    InputError
+        When ``out_dir``, or the nearest of its parents that exists, is not a folder.
+    """
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return out
+        if path.exists() or path.is_symlink():  # a file, or a link to nowhere, is in the way
+            if path == out:
+                raise InputError(f"{out}: not a folder; anomaly maps are written into a folder")
+            raise InputError(f"{path}: not a folder, so the maps folder {out} cannot be made")
+    return out
+
+
 def save_overlays(
     images: np.ndarray,
     maps: np.ndarray,
@@ -68,7 +91,7 @@ def save_overlays(
         One name per image; a file is named after the last part of it, made safe, with
         ``_map.png`` appended (and ``-<index>`` before that when two names would clash).
     out_dir : path
-        Created when missing.
+        Created when missing; an error (:class:`InputError`) when it is a file.
     vmax : float, optional
         The map value drawn at full colour. Default: the largest value of ``maps``.
     alpha : float, default=0.7
@@ -91,7 +114,7 @@ def save_overlays(
         raise InputError(f"{len(names)} names given for {len(images)} images")
     if vmax is None:
         vmax = float(maps.max()) if maps.size else 1.0
-    out = Path(out_dir)
+    out = check_maps_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for index, file_name in enumerate(_file_names(names)):
@@ -109,21 +132,37 @@ def save_overlays(
 
 
 def _file_names(names: Sequence[str]) -> list[str]:
-    """``<safe stem>_map.png`` per name; ``-<index>`` added where stems clash."""
-    stems = []
-    for name in names:
-        last = re.split(r"[/\\]", str(name).rstrip("/\\"))[-1]
-        for suffix in (".png", ".jpg", ".jpeg"):
-            if last.lower().endswith(suffix):
-                last = last[: -len(suffix)]
-        stems.append(_UNSAFE.sub("_", last).strip("_.") or "image")
+    """``<safe stem>_map.png`` per name; ``-<index>`` added where stems clash.
+
+    A suffixed name is checked against every name already given out, and against the plain
+    names still to come, so ``x.png``, ``x.jpg`` and ``x-1.png`` give three files, not two.
+    Names are compared ignoring case, as the file systems of macOS and Windows do.
+    """
+    stems = [_stem(name) for name in names]
     counts: dict[str, int] = {}
     for stem in stems:
-        counts[stem] = counts.get(stem, 0) + 1
-    return [
-        f"{stem}-{i}_map.png" if counts[stem] > 1 else f"{stem}_map.png"
-        for i, stem in enumerate(stems)
-    ]
+        counts[stem.casefold()] = counts.get(stem.casefold(), 0) + 1
+    taken = {key for key, count in counts.items() if count == 1}  # plain names, kept as they are
+    out = []
+    for index, stem in enumerate(stems):
+        if counts[stem.casefold()] == 1:
+            out.append(f"{stem}_map.png")
+            continue
+        suffix = index
+        while f"{stem}-{suffix}".casefold() in taken:
+            suffix += 1
+        taken.add(f"{stem}-{suffix}".casefold())
+        out.append(f"{stem}-{suffix}_map.png")
+    return out
+
+
+def _stem(name: str) -> str:
+    """The last part of ``name``, without an image suffix, made safe for a file name."""
+    last = re.split(r"[/\\]", str(name).rstrip("/\\"))[-1]
+    for suffix in (".png", ".jpg", ".jpeg"):
+        if last.lower().endswith(suffix):
+            last = last[: -len(suffix)]
+    return _UNSAFE.sub("_", last).strip("_.") or "image"
 
 
 def _luma(image: np.ndarray) -> np.ndarray:

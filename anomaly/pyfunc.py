@@ -8,7 +8,6 @@ a table and a sequence model, the input rows with the result columns appended.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Any
 
@@ -57,13 +56,13 @@ def with_scores(detector, frame: pd.DataFrame) -> pd.DataFrame:
 def decode_images(detector, encoded: list) -> np.ndarray:
     """(n, C, H, W) images at the detector's size from PNG/JPEG bytes or base64 text; an
     undecodable one is an error naming its row."""
-    from anomaly.data.images import decode_image
+    from anomaly.data.images import b64decode_text, decode_image
 
     out = np.empty((len(encoded), detector.channels, *detector.image_size_), dtype=np.float32)
     for row, value in enumerate(encoded):
         if isinstance(value, str):
             try:
-                value = base64.b64decode(value, validate=True)
+                value = b64decode_text(value)  # wrapped in lines or not
             except binascii.Error:
                 raise InputError(
                     f"row {row}: {IMAGE_COLUMN!r} is neither image bytes nor base64 text",

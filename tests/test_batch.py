@@ -83,6 +83,31 @@ def test_bad_value_late_in_the_file_names_column_and_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # no output, temp or folder
 
 
+def test_quoted_line_breaks_span_blocks_and_errors_name_the_line_they_start(
+    fitted_ae, test_rows, tmp_path
+):
+    """A value holding a line break, in rows across many blocks; and blank lines: the error's
+    line is where its row starts in an editor, and read_csv names the same one."""
+    rows = test_rows.head(1200).assign(note="first line\nsecond line")
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False)
+    score_csv(fitted_ae, path, tmp_path / "out.csv", block_size=16 << 10, progress=False)
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert len(written) == 1200 and (written["note"] == "first line\nsecond line").all()
+    expected = fitted_ae.score(read_csv(path))
+    assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])
+
+    rows = rows.astype({"memory": object})
+    rows.loc[rows.index[1000], "memory"] = "n/a?"
+    header, body = rows.to_csv(index=False).split("\n", 1)
+    path.write_text(f"{header}\n\n\n{body}")  # and 2 blank lines
+    line = 1 + 2 + 2 * 1000 + 1  # the header; blank lines; two lines a row before row 1000
+    with pytest.raises(InputError, match=rf"row 1000: 'n/a\?' .*\(line {line} of the file\)"):
+        score_csv(fitted_ae, path, tmp_path / "out.csv", block_size=16 << 10, progress=False)
+    with pytest.raises(InputError, match=rf"row 1000: .*\(line {line} of the file\)"):
+        read_csv(path, schema=fitted_ae.schema_)
+
+
 @pytest.mark.parametrize("out", ["out.csv", "new/deeper/out.csv", "a/../kept/out.csv"])
 def test_failed_run_leaves_the_folders_as_they_were(
     fitted_ae, test_rows, tmp_path, monkeypatch, out
@@ -149,3 +174,80 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(fitted_ae, test_rows,
     assert written.columns[0] == "host_id"
     expected = fitted_ae.score(read_csv(path))
     assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])
+
+
+@pytest.fixture(scope="module")
+def coded():
+    """A small model whose categorical levels look like numbers ("7", "1.0"): the values on
+    which a reader that infers types and one that reads text disagree."""
+    from anomaly import Detector
+
+    rng = np.random.default_rng(0)
+    n = 120
+    train = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": rng.normal(size=n),
+            "b": rng.random(n) < 0.5,
+            "c": rng.choice(["7", "1", "a"], n),
+            "d": rng.choice(["1.0", "2", "x"], n),
+        }
+    )
+    return Detector(exclude=["id"], hidden=(4,), latent=2, epochs=1, seed=0).fit(train)
+
+
+# Columns c and d hold only numbers, which an inferring reader reads as such: "007", " 7",
+# "7 " and "1.00" would then match the levels "7" and "1.0", and "1.0" would match "1", as text
+# they do not. And spellings of numbers, booleans and gaps.
+TRICKY = (
+    "id,x,b,c,d\n"
+    "1, 1.5,true,007,1.00\n"
+    "2,+.5, TRUE, 7,1\n"
+    "3,1e1,yes,7 ,1.0\n"
+    "4,NA,N,1.0,2\n"
+    "5,,1.0,1,\n"
+    '6,"-2",,"7",NA\n'
+    "7,nan,NA,,2\n"
+)
+
+
+def test_read_with_the_schema_scores_as_the_batch_scorer(coded, tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(TRICKY)
+    score_csv(coded, path, tmp_path / "out.csv", progress=False)
+    written = pd.read_csv(tmp_path / "out.csv")
+    frame = read_csv(path, schema=coded.schema_)
+    expected = coded.score(frame)
+    assert np.array_equal(written["anomaly_score"].astype(np.float32), expected["anomaly_score"])
+    assert (written["top_features"] == expected["top_features"]).all()
+    assert frame["id"].dtype == np.int64  # a column the model does not read: inferred
+    assert frame["c"].tolist()[:4] == ["007", " 7", "7 ", "1.0"]  # text, as written
+    inferred = coded.score(read_csv(path))  # without the schema: c and d read as numbers
+    assert not np.array_equal(inferred["anomaly_score"], expected["anomaly_score"])
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [
+        ("b", ["true", "+1"]),  # numbers pandas reads as 1, not spellings of true
+        ("b", ["0", "1.00"]),
+        ("b", ["1", "01"]),
+        ("x", ["True", "False"]),  # a numeric column pandas reads as booleans
+    ],
+)
+def test_read_with_the_schema_refuses_what_the_batch_scorer_refuses(
+    coded, tmp_path, column, values
+):
+    rows = pd.DataFrame({"id": [1, 2], "x": ["1", "2"], "b": ["true", "false"], "c": "7"})
+    rows["d"] = "2"
+    rows[column] = values
+    path = tmp_path / "in.csv"
+    rows.to_csv(path, index=False)
+    bad = 1 if column == "b" else 0
+    with pytest.raises(InputError) as batch:
+        score_csv(coded, path, tmp_path / "out.csv", progress=False)
+    with pytest.raises(InputError) as read:
+        read_csv(path, schema=coded.schema_)
+    assert (batch.value.column, batch.value.row) == (read.value.column, read.value.row)
+    assert (read.value.column, read.value.row) == (column, bad)
+    assert str(batch.value).startswith(str(read.value))  # the batch scorer adds the line

@@ -6,20 +6,29 @@ vertical stripes, or a normal image with a square patch inverted (a local defect
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
+import logging
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from anomaly.data.images import ImageNormalizer, decode_image, load_images
+from anomaly.batch import score_images
+from anomaly.calibration import Calibrator
+from anomaly.data.images import ImageNormalizer, b64decode_text, decode_image, load_images
 from anomaly.errors import InputError, NotFittedError
 from anomaly.image import RESULT_COLUMNS, ImageDetector
-from anomaly.image_maps import save_overlays
+from anomaly.image_maps import check_maps_dir, save_overlays
 from anomaly.models.conv2d import ConvAE2d, ConvVAE2d, default_hidden
 from anomaly.persistence import META_FILE
+from anomaly.preprocessing import STANDARDISED_LIMIT
+from anomaly.pyfunc import with_scores
 from anomaly.scoring import score_batch, training_loss
 
 SIZE = 16
@@ -167,6 +176,34 @@ def test_errors_name_the_file(tmp_path):
         decode_image(b"GIF89a...", 8, name="upload.jpg")
 
 
+def test_skipped_files_are_a_warning_naming_some(tmp_path, caplog):
+    _png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    for name in ("b.tif", "c.webp", "d.bmp", "e.gif", "f.txt", "g.tiff"):
+        (tmp_path / name).write_bytes(b"not read")
+    with caplog.at_level(logging.WARNING, logger="anomaly.data.images"):
+        images, _ = load_images(tmp_path, size=4)
+    assert len(images) == 1
+    [record] = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert record.levelno == logging.WARNING  # shown by the CLI, which logs warnings only
+    assert "skipped 6 file(s)" in record.getMessage()
+    assert record.getMessage().endswith(": b.tif, c.webp, d.bmp, e.gif, f.txt, ...")
+
+
+def test_wrapped_base64_decodes():
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), np.uint8)).save(
+        buffer, format="PNG"
+    )
+    data = buffer.getvalue()
+    wrapped = base64.encodebytes(data).decode()  # lines of 76 characters
+    assert "\n" in wrapped.strip()
+    assert b64decode_text(wrapped) == data
+    assert b64decode_text(" " + wrapped.replace("\n", "\r\n")) == data
+    for text in ("not base64!", "aGVsbG8=\u00e9"):
+        with pytest.raises(binascii.Error):
+            b64decode_text(text)
+
+
 def test_oversized_images_are_refused_before_decoding(monkeypatch):
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(buffer, format="PNG")
@@ -186,6 +223,17 @@ def test_normalizer_is_per_channel_and_round_trips():
     assert norm.std_[2] == 1.0 and np.all(out[:, 2] == 0)
     again = ImageNormalizer.from_dict(norm.to_dict())
     np.testing.assert_array_equal(again.transform(images), out)
+
+
+def test_normalizer_clips_wild_values_without_overflow():
+    norm = ImageNormalizer().fit(np.random.default_rng(0).random((4, 1, 4, 4)).astype(np.float32))
+    images = np.full((2, 1, 4, 4), 0.5, np.float32)
+    images[0, 0, 1, 1], images[1, 0, 2, 2] = 3e38, -3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow on the way
+        out = norm.transform(images)
+    assert out[0, 0, 1, 1] == STANDARDISED_LIMIT and out[1, 0, 2, 2] == -STANDARDISED_LIMIT
+    assert np.isfinite(out).all()
 
 
 def test_normalizer_is_fitted_on_training_images_only(normal_images):
@@ -245,6 +293,38 @@ def test_score_frame_and_threshold(fitted, tmp_path):
     assert renamed["path"].tolist() == ["first", "second"]
     with pytest.raises(InputError, match="1 names given for 2 images"):
         fitted.score(images[:2], names=["one"])
+
+
+def test_wild_float_pixels_score_finitely_and_are_flagged(fitted):
+    images = stripes(2, seed=13)
+    images[0, 0, 5, 5], images[1, 0, 9, 2] = 3e38, -3e38  # one wild pixel each
+    resized = np.full((1, 20, 20), 0.5, np.float32)
+    resized[0, 7, 7] = 3e38  # through the bilinear resize too
+    doubles = images.astype(np.float64)
+    doubles[0, 0, 5, 5] = 1e300  # finite, but not in float32
+    for wild in (images, resized, doubles):
+        frame = fitted.score(wild)
+        assert np.isfinite(frame["anomaly_score"]).all()
+        assert frame["is_anomaly"].all()
+        smallest = 1 / (len(fitted.calibrator_.scores_) + 1)
+        np.testing.assert_allclose(frame["p_value"], smallest)
+
+
+def test_a_nan_score_gets_no_p_value():
+    calibrator = Calibrator(target_fpr=0.1).fit(np.arange(1.0, 21.0))
+    p = calibrator.p_values(np.array([np.nan, 100.0, 0.0], np.float32))
+    assert np.isnan(p[0]) and not calibrator.flag(np.array([np.nan]))[0]
+    np.testing.assert_allclose(p[1:], [1 / 21, 1.0])
+
+
+def test_pyfunc_takes_wrapped_base64(fitted):
+    pixels = (stripes(1, seed=14)[0, 0] * 255).round().astype(np.uint8)
+    data = io.BytesIO()
+    Image.fromarray(pixels).save(data, format="PNG")
+    encoded = [base64.b64encode(data.getvalue()), base64.encodebytes(data.getvalue())]
+    frame = pd.DataFrame({"image": [text.decode() for text in encoded]})  # one line, or wrapped
+    out = with_scores(fitted, frame)
+    assert out["anomaly_score"][0] == out["anomaly_score"][1]
 
 
 def test_denoising_trains():
@@ -323,3 +403,35 @@ def test_overlays_are_valid_pngs(fitted, tmp_path):
             assert img.format == "PNG" and img.mode == "RGB" and img.size == (SIZE, SIZE)
     with pytest.raises(InputError, match="do not match"):
         save_overlays(images, maps[:, :8], names, tmp_path / "maps")
+
+
+def test_overlay_names_never_collide(tmp_path):
+    images, maps = np.zeros((4, 1, 4, 4), np.float32), np.zeros((4, 4, 4), np.float32)
+    names = ["a/x.png", "b/x.jpg", "x-1.png", "X.png"]
+    written = save_overlays(images, maps, names, tmp_path / "maps")
+    assert [p.name for p in written] == [
+        "x-0_map.png",
+        "x-2_map.png",  # not x-1: that is x-1.png's own name
+        "x-1_map.png",
+        "X-3_map.png",  # x and X are one name on macOS and Windows
+    ]
+    assert len(list((tmp_path / "maps").iterdir())) == 4
+
+
+def test_a_maps_path_that_is_a_file_is_refused_before_scoring(fitted, tmp_path):
+    (tmp_path / "in").mkdir()
+    _png(tmp_path / "in" / "one.png", np.zeros((SIZE, SIZE), np.uint8))
+    taken = tmp_path / "scores.csv"
+    taken.write_text("a file")
+    assert check_maps_dir(tmp_path / "new" / "maps") == tmp_path / "new" / "maps"
+    with pytest.raises(InputError, match=r"scores\.csv: not a folder; anomaly maps"):
+        check_maps_dir(taken)
+    with pytest.raises(InputError, match=r"scores\.csv: not a folder, so the maps folder"):
+        check_maps_dir(taken / "maps")
+    images, maps = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(InputError, match=r"scores\.csv: not a folder"):
+        save_overlays(images, maps, ["one"], taken)
+    out = tmp_path / "out.csv"
+    with pytest.raises(InputError, match=r"scores\.csv: not a folder"):
+        score_images(fitted, tmp_path / "in", out, maps_dir=taken)
+    assert not out.exists()  # refused before any score was written

@@ -48,12 +48,16 @@ def small_passes(monkeypatch):
     monkeypatch.setattr(anomaly.sequence, "_POINTS_AT_ONCE", 50)
 
 
-@pytest.mark.parametrize("quoting", [csv.QUOTE_MINIMAL, csv.QUOTE_ALL], ids=["plain", "quoted"])
+@pytest.mark.parametrize(
+    ("quoting", "missing"),
+    [(csv.QUOTE_MINIMAL, ""), (csv.QUOTE_ALL, ""), (csv.QUOTE_MINIMAL, "NA")],
+    ids=["plain", "quoted", "NA"],
+)
 def test_a_file_in_time_order_gets_the_whole_files_scores(
-    fitted, in_time, small_passes, tmp_path, caplog, quoting
+    fitted, in_time, small_passes, tmp_path, caplog, quoting, missing
 ):
     path = tmp_path / "in.csv"
-    in_time.to_csv(path, index=False, quoting=quoting)  # quoted: a missing value is ""
+    in_time.to_csv(path, index=False, quoting=quoting, na_rep=missing)  # quoted: "" is missing
     out = tmp_path / "out.csv"
     with caplog.at_level(logging.WARNING):
         summary = score_csv(fitted, path, out, block_size=4096, progress=False)

@@ -205,6 +205,13 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     csv_text = rows.head(2).to_csv(index=False).replace("\n", ",1\n").replace(",1\n", "\n", 1)
     answer = client.post("/invocations", content=csv_text, headers={"Content-Type": "text/csv"})
     assert answer.status_code == 400 and "row 0 has 11 fields, the header 10 names" in answer.text
+    # Read as `anomaly score` reads it: "+1" is a number, not a spelling of true.
+    plus_one = rows.head(2).astype({"cached": object})
+    plus_one.loc[plus_one.index[1], "cached"] = "+1"
+    answer = client.post("/invocations", content=plus_one.to_csv(index=False),
+                         headers={"Content-Type": "text/csv"})  # fmt: skip
+    assert answer.status_code == 400
+    assert answer.json()["message"].startswith("the CSV body: column 'cached', row 1: '+1'")
     # An int past 64 bits in a column passed through comes back as sent.
     huge = {**record, "host_id": 10**400}
     answer = client.post("/invocations", content=json.dumps({"dataframe_records": [huge]}),

@@ -1,4 +1,5 @@
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -253,3 +254,80 @@ def test_records_give_the_same_arrays_as_a_dataframe():
     records[7]["cpu"] = float("inf")
     with pytest.raises(InputError, match="column 'cpu', row 7: infinite"):
         schema.coerce_records(records)
+
+
+# Values a reader that infers types reads otherwise than the text rules: "007", " 7" and "1.0"
+# are not the level "7" or "1" as text, "+1" and "01" not spellings of true; gaps spelled.
+CODED_TEXT = (
+    "id,x,b,c,note\n"
+    "1, 1.5,true,007,a\n"
+    "2,+.5, TRUE, 7,b\n"
+    "3,1e1,yes,1.0,\n"
+    '4,NA,N,"1",NA\n'
+    "5,,1.0,NA,c\n"
+    "6,nan,,,d\n"
+)
+
+
+def _coded_schema():
+    """c keeps the levels "7", "1" and "NA" (a level, from a DataFrame, not a gap)."""
+    train = pd.DataFrame(
+        {"x": [1.0, 2.0, 3.0], "b": [True, False, True], "c": ["7", "NA", "1"], "note": "n"}
+    )
+    schema = TabularSchema.infer(train, exclude=["note"])
+    assert schema.columns[2].categories == ("1", "7", "NA")
+    return schema
+
+
+def test_read_csv_with_a_schema_reads_its_columns_as_the_batch_scorer():
+    """The model's columns as text, converted by the batch scorer's rules: the same arrays as
+    Arrow's text read + coerce_text, whatever pandas would have inferred."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from anomaly.data.tabular import text_convert_options
+
+    schema = _coded_schema()
+    body = CODED_TEXT.encode()
+    frame = read_csv(io.BytesIO(body), schema=schema)
+    text = pacsv.read_csv(pa.BufferReader(body), convert_options=text_convert_options(frame))
+    expected = schema.coerce_text(text)
+    got = schema.coerce(frame)
+    for name in schema.names:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert got["c"].tolist() == [-1, -1, -1, 0, 2, -1]
+    np.testing.assert_array_equal(got["b"], [1, 1, 1, 0, 1, np.nan])
+    assert frame.columns.tolist() == ["id", "x", "b", "c", "note"]
+    assert frame["id"].dtype == np.int64 and frame["note"].isna().tolist()[2:4] == [True, True]
+    assert frame["c"].tolist()[:4] == ["007", " 7", "1.0", "1"]
+    # Read back as the kinds they were: a retrain compares and infers on such a frame.
+    again = TabularSchema.infer(frame[schema.names])
+    assert [c.kind for c in again.columns] == [c.kind for c in schema.columns]
+
+
+def test_read_csv_with_a_schema_refuses_as_the_batch_scorer():
+    schema = _coded_schema()
+    for value, problem in (("+1", "is not true or false"), ("01", "is not true or false")):
+        body = f"x,b,c\n1,0,7\n2,{value},7\n".encode()
+        message = f"the body: column 'b', row 1: '{value}' {problem}"
+        with pytest.raises(InputError, match="^" + re.escape(message)):
+            read_csv(io.BytesIO(body), name="the body", schema=schema)
+        assert read_csv(io.BytesIO(body))["b"].tolist() == [0, 1]  # no schema: read as numbers
+    with pytest.raises(InputError, match=r"column 'x', row 0: 'True' is not a number") as info:
+        read_csv(io.BytesIO(b"x,b,c\nTrue,true,7\nFalse,false,7\n"), schema=schema)
+    assert (info.value.column, info.value.row) == ("x", 0)
+    with pytest.raises(InputError, match="the body is not well-formed CSV"):  # a short row
+        read_csv(io.BytesIO(b"x,b,c\n1,true\n"), name="the body", schema=schema)
+    # A column the model reads that the file lacks is left to coerce, which names it.
+    frame = read_csv(io.BytesIO(b"x,c\n1,7\n"), schema=schema)
+    with pytest.raises(InputError, match="missing column 'b'"):
+        schema.coerce(frame)
+
+
+def test_an_empty_field_keeps_a_numeric_column_on_the_fast_path():
+    import pyarrow as pa
+
+    from anomaly.data.tabular import Column, _parse_text
+
+    parsed = _parse_text(pa.array(["1", None, "NA", "nan"]), Column("x", NUMERIC))
+    np.testing.assert_array_equal(parsed, [1.0, np.nan, np.nan, np.nan])

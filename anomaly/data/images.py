@@ -9,7 +9,7 @@ So a PNG file and the same pixels in a uint8 ``.npy`` give identical arrays.
 Sources (:func:`load_images`):
 
 - a folder: its PNG/JPEG files (``.png``, ``.jpg``, ``.jpeg``) and ``.npy``/``.npz`` arrays,
-  sorted by name, not recursive; other files are skipped;
+  sorted by name, not recursive; other files are skipped, with a warning naming a few;
 - a file, or a list of files, of those kinds;
 - an in-memory array.
 
@@ -17,7 +17,10 @@ An array holds one image or a stack, by its shape: (H, W); (H, W, C) when its la
 3 or 4 entries, else (N, H, W); (N, H, W, C) or, when its second axis has 1 or 3 entries and its
 last does not, (N, C, H, W) (the layout :func:`load_images` returns). ``C`` is 1 (grey), 3 (RGB)
 or 4 (RGBA). An ``.npz`` holds any number of such arrays. Integer arrays must be uint8 or
-uint16; float arrays are taken as they are (expected in [0, 1]) and must be finite.
+uint16; float arrays are taken as they are (expected in [0, 1]) and must be finite. A float
+image far outside [0, 1] is not refused: :class:`ImageNormalizer` clips its standardised values
+(as tables are clipped, :data:`anomaly.preprocessing.STANDARDISED_LIMIT`), so it scores finitely
+and high.
 
 Each image is named for the score table: the file's path, ``file.npy[i]`` for the i-th image
 of a stack, ``file.npz:key`` or ``file.npz:key[i]`` for an archive's arrays, and the index
@@ -26,6 +29,8 @@ of a stack, ``file.npz:key`` or ``file.npz:key[i]`` for an archive's arrays, and
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import logging
 import os
@@ -39,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomaly.errors import InputError
+from anomaly.preprocessing import STANDARDISED_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pil
 _U8, _U16 = np.float32(255), np.float32(65535)  # the largest 8- and 16-bit values
 _DIVISOR = {np.dtype(np.uint8): _U8, np.dtype(np.uint16): _U16, np.dtype(bool): np.float32(1)}
 _CHUNK = 256  # images converted at a time from an array: bounds the temporary copies
+_SKIPPED_SHOWN = 5  # names of skipped files a warning lists
+_BASE64_SPACE = b" \t\n\r\v\f"  # what wraps base64 text into lines (MIME, encodebytes)
 
 
 def image_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -151,6 +159,25 @@ def decode_image(
     return out[0]
 
 
+def b64decode_text(text: str) -> bytes:
+    """The bytes of base64 ``text``, wrapped in lines or not.
+
+    Line breaks and spaces are dropped first: ``base64.encodebytes`` and MIME wrap base64 at 76
+    characters, and that is still base64. Anything else outside the base64 alphabet is an
+    error, so text that merely happens to decode is not taken for an image.
+
+    Raises
+    ------
+    binascii.Error
+        When ``text`` is not base64 (non-ASCII text included), as ``base64.b64decode`` does.
+    """
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise binascii.Error("base64 text holds non-ASCII characters") from None
+    return base64.b64decode(data.translate(None, _BASE64_SPACE), validate=True)
+
+
 # ---------------------------------------------------------------------- normalisation
 class ImageNormalizer:
     """Per-channel standardisation, fitted on the normal training images.
@@ -172,15 +199,20 @@ class ImageNormalizer:
         return self
 
     def transform(self, images: np.ndarray) -> np.ndarray:
-        """``(images - mean) / std`` per channel; a new float32 (N, C, H, W) array."""
+        """``(images - mean) / std`` per channel, within ``STANDARDISED_LIMIT``; a new float32
+        (N, C, H, W) array."""
         if images.ndim != 4 or images.shape[1] != len(self.mean_):
             raise InputError(
                 f"expected images of shape (N, {len(self.mean_)}, H, W), got {images.shape}"
             )
         mean = self.mean_.astype(np.float32)[:, None, None]
         scale = (1.0 / self.std_).astype(np.float32)[:, None, None]
-        out = np.subtract(images, mean, dtype=np.float32)
-        out *= scale
+        # Clipped as tables are (anomaly.preprocessing): a float pixel of 3e38 overflows to inf,
+        # the score to NaN, and NaN is never above a threshold: the wildest image would pass.
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.subtract(images, mean, dtype=np.float32)
+            out *= scale
+        np.clip(out, -STANDARDISED_LIMIT, STANDARDISED_LIMIT, out=out)
         return out
 
     def to_dict(self) -> dict:
@@ -239,19 +271,33 @@ def _opened(path: Path) -> BinaryIO:
 
 def _folder_files(folder: Path) -> list[Path]:
     suffixes = IMAGE_SUFFIXES + ARRAY_SUFFIXES
-    files, skipped = [], 0
+    files: list[Path] = []
+    skipped: list[str] = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         if path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix.lower() in suffixes:
             files.append(path)
         else:
-            skipped += 1
+            skipped.append(path.name)
     if skipped:
-        log.info("%s: skipped %d file(s) that are not PNG, JPEG, .npy or .npz", folder, skipped)
+        # A warning, not info: a folder of TIFF or WebP images would otherwise be scored in
+        # part without a word on the command line.
+        log.warning(
+            "%s: skipped %d file(s) that are not PNG, JPEG, .npy or .npz: %s",
+            folder,
+            len(skipped),
+            _first_names(skipped),
+        )
     if not files:
         raise InputError(f"{folder}: no PNG, JPEG, .npy or .npz files in this folder")
     return files
+
+
+def _first_names(names: list[str]) -> str:
+    """The first few ``names``, comma-separated, and "..." when there are more."""
+    more = ", ..." if len(names) > _SKIPPED_SHOWN else ""
+    return ", ".join(names[:_SKIPPED_SHOWN]) + more
 
 
 def _entries(path: Path) -> list[_Entry]:
@@ -369,12 +415,26 @@ def _fill(stack: np.ndarray, out: np.ndarray, size: tuple[int, int], where: str)
             "in [0, 1]"
         )
     for start in range(0, len(stack), _CHUNK):
-        chunk = np.asarray(stack[start : start + _CHUNK], dtype=np.float32)
+        part = stack[start : start + _CHUNK]
         if divisor != 1:  # a new array: converted from integers
+            chunk = np.asarray(part, dtype=np.float32)
             chunk /= divisor
         else:
-            _check_finite(chunk, where, offset=start)
+            _check_finite(part, where, offset=start)  # before the cast, which makes 1e39 inf
+            chunk = _as_float32(part)
         _convert(chunk, out[start : start + len(chunk)], size)
+
+
+def _as_float32(floats: np.ndarray) -> np.ndarray:
+    """Finite ``floats`` as float32, those beyond its range at its largest magnitude.
+
+    A float64 pixel of 1e39 is finite, but inf once cast; kept finite, it is normalised and
+    clipped (:class:`ImageNormalizer`) like any other wild value, and flagged.
+    """
+    if floats.dtype.itemsize <= 4:
+        return np.asarray(floats, dtype=np.float32)
+    largest = np.finfo(np.float32).max
+    return np.clip(floats, -largest, largest).astype(np.float32)
 
 
 def _check_finite(array: np.ndarray, where: str, offset: int = 0) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from anomaly.errors import InputError
 
@@ -202,9 +203,10 @@ class TabularSchema:
     def coerce_text(self, table: pa.Table | pa.RecordBatch, *, row_offset: int = 0) -> dict:
         """:meth:`coerce` for columns of CSV text, parsed by Arrow without leaving C++.
 
-        The same arrays as :meth:`coerce` of the same text read by :func:`read_csv`. A column
-        that Arrow cannot parse goes through :meth:`coerce`'s checks, which name the first bad
-        row; so there is one set of rules and one set of error messages.
+        The text rules of every path that reads CSV for a model: the batch scorer, and
+        :func:`read_csv` given the model's schema. A column that Arrow cannot parse goes
+        through :meth:`coerce`'s checks, which name the first bad row; so there is one set of
+        rules and one set of error messages.
         """
         out = {}
         for col in self.columns:
@@ -257,13 +259,38 @@ class TabularSchema:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.DataFrame:
+def read_csv(
+    source: str | Path | BinaryIO, *, name: str | None = None, schema: TabularSchema | None = None
+) -> pd.DataFrame:
     """Read a whole CSV file (or a binary stream, e.g. a request body) with clear errors.
 
-    ``name`` says what ``source`` is in error messages (default: the path).
+    Parameters
+    ----------
+    source : path or binary stream
+        The CSV file, or its bytes (read to the end).
+    name : str, optional
+        What ``source`` is, in error messages (default: the path).
+    schema : TabularSchema, optional
+        The columns a model reads, when it is known (scoring, evaluating, retraining). Those
+        columns are then read as ``anomaly score`` reads them: as text, by Arrow, converted by
+        :meth:`TabularSchema.coerce_text`. So a file gives the same values, hence the same
+        scores, and the same errors (naming the column and row) here as there. They come back
+        as the model reads them: numeric columns as float64 (NaN for missing), boolean ones as
+        pandas' nullable ``boolean``, categorical ones as text (an empty field, or a
+        missing-value token that is not one of the kept levels, is missing). Other
+        columns, and every column without a schema (training: kinds are inferred from the
+        data), are read by pandas, which infers each one's type. A column the model reads that
+        the file lacks is left out, for the caller to report.
+
+    Raises
+    ------
+    InputError
+        For a missing, empty or malformed file, a repeated or empty column name, a header
+        without rows, and (with ``schema``) a bad value in a column the model reads.
     """
-    # A stream is read twice, for its header and then whole.
-    source = Path(source) if isinstance(source, str | Path) else io.BytesIO(source.read())
+    # A stream is read once, into bytes that the header checks and the parsers share.
+    data = None if isinstance(source, str | Path) else source.read()
+    source = Path(source) if data is None else io.BytesIO(data)
     name = name or str(source)
     # Checked as written: pandas would rename a repeated name ("a.1") or an empty one
     # ("Unnamed: 2"), and a model trained on such names could not score the same file.
@@ -278,9 +305,99 @@ def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.Da
         raise InputError(
             f"{name}: row 0 has {len(leading[1])} fields, the header {len(header)} names", row=0
         )
+    reads = TabularSchema(tuple(c for c in (schema.columns if schema else ()) if c.name in header))
+    if not reads.columns:
+        return _read_inferred(source, name, None)
+    table = _read_text(source if data is None else pa.py_buffer(data), name, reads.names)
+    if table.num_rows == 0:
+        raise InputError(f"{name} has a header but no rows")
+    try:
+        values = reads.coerce_text(table)
+    except InputError as exc:
+        if exc.row is None:
+            raise
+        where = f" (line {line_of(source, exc.row)} of the file)" if data is None else ""
+        raise InputError(f"{name}: {exc}{where}", column=exc.column, row=exc.row) from None
+    columns = {c.name: _as_read(c, values[c.name], table.column(c.name)) for c in reads.columns}
+    others = [c for c in header if c not in columns]
+    if others:
+        rest = _read_inferred(source, name, others)
+        if len(rest) != table.num_rows:  # not expected: both parsers skip blank lines alone
+            raise InputError(f"{name}: its rows could not be read alike; check its quoting")
+        columns.update({c: rest[c] for c in others})
+    return pd.DataFrame({c: columns[c] for c in header})
+
+
+# Quoted values may hold line breaks, as pandas reads them; Arrow's block reader otherwise
+# splits blocks inside them. (No slower here: blocks are parsed one at a time.)
+CSV_PARSE_OPTIONS = pacsv.ParseOptions(newlines_in_values=True)
+
+
+def text_convert_options(names: Iterable[str]) -> pacsv.ConvertOptions:
+    """How Arrow reads the CSV columns ``names`` for :meth:`TabularSchema.coerce_text`: as
+    text, an empty field (quoted or not) as null and any other as written."""
+    return pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        strings_can_be_null=True,
+        null_values=[""],
+    )
+
+
+def line_of(path: Path, row: int) -> int:
+    """The line (from 1, the header's) where data row ``row`` (from 0) starts, for errors.
+
+    It is ``row + 2`` unless a quoted value holds a line break, or blank lines (which the
+    readers skip) come before it: then the rows before it are read again with the csv
+    module, which counts the lines each one spans."""
+    if _plain_lines(path, row + 1):
+        return row + 2
+    with open(path, newline="", encoding="utf-8", errors="replace") as text:
+        reader = csv.reader(text)
+        records, last_line = 0, 0  # the header is record 0
+        for fields in reader:
+            if fields:
+                if records == row + 1:
+                    return last_line + 1
+                records += 1
+            last_line = reader.line_num
+    return row + 2  # not reached for a row that was read
+
+
+def _plain_lines(path: Path, lines: int) -> bool:
+    """Whether the first ``lines`` lines of ``path`` are one record each: no quote, carriage
+    return or blank line among them (a chunk at a time, stopping once they are seen)."""
+    seen, previous = 0, b"\n"  # a blank first line counts as blank
+    with open(path, "rb") as raw:
+        while seen < lines and (chunk := raw.read(1 << 20)):
+            if b'"' in chunk or b"\r" in chunk or b"\n\n" in previous[-1:] + chunk:
+                return False
+            seen += chunk.count(b"\n")
+            previous = chunk
+    return True
+
+
+def _read_text(source: Path | pa.Buffer, name: str, names: list[str]) -> pa.Table:
+    """The columns ``names`` of a CSV file, as text (as the batch scorer reads them)."""
+    options = text_convert_options(names)
+    options.include_columns = names
+    try:
+        return pacsv.read_csv(
+            source if isinstance(source, Path) else pa.BufferReader(source),
+            parse_options=CSV_PARSE_OPTIONS,
+            convert_options=options,
+        )
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{name} is not well-formed CSV: {exc}") from None
+
+
+def _read_inferred(source: Path | BinaryIO, name: str, usecols: list[str] | None) -> pd.DataFrame:
+    """A CSV file read by pandas, which infers each column's type."""
+    if not isinstance(source, Path):
+        source.seek(0)
     try:
         frame = pd.read_csv(
             source,
+            usecols=usecols,
             low_memory=False,
             keep_default_na=False,
             na_values=list(NA_VALUES),
@@ -292,6 +409,22 @@ def read_csv(source: str | Path | BinaryIO, *, name: str | None = None) -> pd.Da
     if frame.shape[0] == 0:
         raise InputError(f"{name} has a header but no rows")
     return frame
+
+
+def _as_read(col: Column, values: np.ndarray, text: pa.ChunkedArray) -> np.ndarray | pd.Series:
+    """A column converted by :meth:`TabularSchema.coerce_text`, as a DataFrame holds it; the
+    schema's checks read it back as the same numbers."""
+    if col.kind == NUMERIC:
+        return values
+    if col.kind == BOOLEAN:
+        return pd.Series(pd.arrays.BooleanArray(values == 1.0, np.isnan(values)))
+    # Text, as matched against the levels: a missing-value token is missing unless it is a
+    # kept level (it would then match, as it does in the batch scorer).
+    tokens = [t for t in NA_VALUES if t not in set(col.categories)]
+    missing = pc.is_in(text, pa.array(tokens, pa.string()))
+    if pc.any(missing).as_py():
+        text = pc.if_else(missing, pa.nulls(len(text), pa.string()), text)
+    return text.to_pandas()
 
 
 def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
@@ -312,8 +445,10 @@ def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
         if np.isinf(parsed).any():
             raise pa.ArrowInvalid("infinite value")
         nan = np.isnan(parsed)  # Arrow reads any "nan" spelling; read_csv only its tokens
-        if nan.any() and not pc.all(pc.is_in(values.filter(nan), _NA_ARROW)).as_py():
-            raise pa.ArrowInvalid("a spelling of nan that is not a missing-value token")
+        if nan.any():  # a null (an empty field) is missing already: not a spelling to check
+            spelled = values.filter(nan).drop_null()
+            if not pc.all(pc.is_in(spelled, _NA_ARROW), min_count=0).as_py():
+                raise pa.ArrowInvalid("a spelling of nan that is not a missing-value token")
         return parsed
     spelled, n_true = pc.index_in(values, _BOOL_CASED), len(_CASED_TRUE)
     if spelled.null_count > values.null_count:  # other spellings, missing-value tokens or bad

@@ -117,11 +117,14 @@ def _on_line(exc: InputError, number: int) -> str:
     return f"line {number}: {message}"
 
 
-def parse_invocations(body: bytes, content_type: str) -> pd.DataFrame:
-    """A DataFrame from a body in one of the formats ``mlflow models serve`` accepts."""
+def parse_invocations(
+    body: bytes, content_type: str, schema: TabularSchema | None = None
+) -> pd.DataFrame:
+    """A DataFrame from a body in one of the formats ``mlflow models serve`` accepts; a CSV
+    body's ``schema`` columns (a table model's) read as ``anomaly score`` reads them."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/csv":
-        return read_csv(io.BytesIO(body), name="the CSV body")
+        return read_csv(io.BytesIO(body), name="the CSV body", schema=schema)
     if media != "application/json":
         raise InputError(f"unsupported content type {media!r}: use application/json or text/csv")
     data = _loads(body)

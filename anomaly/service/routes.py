@@ -175,7 +175,9 @@ async def invocations(request: Request, served: Model) -> Response:
     """``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs`` JSON, or CSV, as
     ``mlflow models serve`` takes them; answers ``{"predictions": [...]}`` with each row's input
     columns and its scores, as the MLflow pyfunc's ``predict`` returns them."""
-    frame = parse_invocations(await request.body(), request.headers.get("content-type", ""))
+    detector = served.detector
+    schema = detector.schema_ if detector.kind == "tabular" else None
+    frame = parse_invocations(await request.body(), request.headers.get("content-type", ""), schema)
     _check_count(request, len(frame))
     if served.detector.kind == "tabular":
         columns = served.detector.schema_.coerce(frame)
