@@ -201,6 +201,12 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     deep = b'{"records": [' + b"[" * 5000 + b"]" * 5000 + b"]}"  # json's recursion, not orjson's
     answer = client.post("/v1/score", content=deep, headers={"Content-Type": "application/json"})
     assert answer.status_code == 422 and "nested too deeply" in answer.text
+    nested = b'{"records": [{"region": ' + b"[" * 990 + b"]" * 990 + b"}]}"  # orjson reads it
+    answer = client.post("/v1/score", content=nested, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    long = b'{"records": [{"cpu": NaN, "memory": ' + b"1" * 5000 + b"}]}"  # json's int limit
+    answer = client.post("/v1/score", content=long, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and "a number too long" in answer.text
     # A field more than the header names: pandas would shift every value one column left.
     csv_text = rows.head(2).to_csv(index=False).replace("\n", ",1\n").replace(",1\n", "\n", 1)
     answer = client.post("/invocations", content=csv_text, headers={"Content-Type": "text/csv"})

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import reprlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -633,5 +634,14 @@ def _to_codes(
 
 def _show(value: object, limit: int = 40) -> str:
     """A value for an error message, cut short: errors never echo whole payloads."""
-    text = repr(value)
+    # reprlib stops at a depth, where repr of a list nested 1,000 deep (orjson takes that
+    # much) would overflow the stack.
+    try:
+        text = _SHORT_REPR.repr(value)
+    except ValueError:  # an int of more digits than Python writes out (4,300)
+        text = f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 4, 200, 200

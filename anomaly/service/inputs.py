@@ -179,4 +179,6 @@ def _loads(data: bytes, name: str = "the body", row: int | None = None) -> Any:
         raise InputError(f"{name} is not valid JSON: an unpaired surrogate", row=row) from None
     except RecursionError:  # nesting orjson refuses past 1024 levels, which json recurses into
         raise InputError(f"{name} is not valid JSON: nested too deeply", row=row) from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise InputError(f"{name} is not valid JSON: a number too long", row=row) from None
     return value
