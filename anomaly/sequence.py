@@ -33,7 +33,7 @@ from anomaly.data.sequence import Segments, SequenceSchema
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
-from anomaly.preprocessing import STANDARDISED_LIMIT
+from anomaly.preprocessing import STANDARDISED_LIMIT, _median_mean_std
 from anomaly.scoring import score_array
 
 log = logging.getLogger(__name__)
@@ -202,14 +202,14 @@ class SequenceDetector(AutoencoderDetector):
         else:
             warm_start_from._check_fitted()
             schema = warm_start_from.schema_
-        segments = schema.prepare(frame)
+        segments = schema.prepare(frame, window=self.window)
         train_part, val_part, cal_part = _split_in_time(
             segments, self.validation_fraction, self.calibration_fraction
         )
         if warm_start_from is None:
             train_values = np.concatenate([segments.values[a:b] for a, b in train_part.bounds])
-            self.mean_ = train_values.mean(axis=0).astype(np.float32)
-            std = train_values.std(axis=0)
+            mean, std = _mean_std(train_values)
+            self.mean_ = mean.astype(np.float32)
             self.std_ = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         else:
             self.mean_, self.std_ = warm_start_from.mean_, warm_start_from.std_
@@ -285,7 +285,7 @@ class SequenceDetector(AutoencoderDetector):
         if by not in BY:
             raise InputError(f"by must be one of {BY}, got {by!r}")
         frame = _as_frame(frame)
-        segments = self.schema_.prepare(frame, row_offset=row_offset)
+        segments = self.schema_.prepare(frame, window=self.window, row_offset=row_offset)
         return pd.DataFrame(self._score_prepared(segments, by), index=frame.index)
 
     def score_time_ordered(
@@ -305,8 +305,9 @@ class SequenceDetector(AutoencoderDetector):
         OutOfTimeOrder
             When a series goes back in time: score such data whole.
         InputError
-            A timestamp repeated within its series (naming its row), or a segment without a
-            value in a column.
+            A timestamp repeated within its series (naming its row), or a segment of a window
+            or more without a value in a column (naming its row once the stream has ended:
+            before, rows out of time order further on might fill it).
         """
         self._check_fitted()
         tails, enough = _Tails(), self._ready_enough()
@@ -360,12 +361,19 @@ class SequenceDetector(AutoencoderDetector):
         # One pass for every series: windows are scored in blocks of a steady size, whatever
         # the number of series (small passes per series ran 2x slower, in memory churn).
         stops = [stop for *_, stop, _ in parts]
+        # Rows are named in errors only once the stream has ended in time order: before, rows
+        # out of order may yet fill a segment without values (the file is then read whole).
+        named = (
+            np.concatenate([rows[:stop] for (_, (rows, _, _), stop, _) in parts]) if final else None
+        )
         segments = self.schema_.segments(
             np.concatenate([times[:stop] for (_, (_, times, _), stop, _) in parts]),
             np.repeat(np.arange(len(parts)), stops),
             np.concatenate([values[:stop] for (_, (_, _, values), stop, _) in parts]),
             np.arange(sum(stops)),
             [tail.name for tail, *_ in parts],
+            window=w,
+            rows=named,
         )
         scored = self._score_prepared(segments, "point")
         finished = np.zeros(len(segments.values), dtype=bool)
@@ -578,6 +586,15 @@ def _split_in_time(
         )
         for i in range(3)
     )
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation, as for a table's (so rescaled where squares
+    overflow), in float64: in float32 the squares of values past ~1.8e19 overflow, the scale
+    would be inf and every window score alike. NaN, a short segment's column without values
+    (never in a window), is left out."""
+    stats = [_median_mean_std(col[~np.isnan(col)].astype(np.float64)) for col in values.T]
+    return np.array([m for _, m, _ in stats]), np.array([s for _, _, s in stats])
 
 
 def _calibrated(scores: np.ndarray, calibrator: Calibrator) -> dict[str, np.ndarray]:

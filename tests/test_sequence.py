@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from anomaly.batch import score_csv
 from anomaly.data.sequence import SequenceSchema
 from anomaly.datasets import make_metric_series
 from anomaly.detector import Detector
@@ -49,7 +52,7 @@ def test_prepare_orders_fills_and_splits_at_gaps():
     )
     schema = SequenceSchema.infer(frame, timestamp="t")
     assert schema.timestamp_kind == "number" and schema.step == 1.0
-    seg = schema.prepare(frame)
+    seg = schema.prepare(frame, window=2)
     # one gap of 46 steps > 5: two segments; NaNs interpolated in time
     assert seg.bounds.tolist() == [[0, 4], [4, 7]]
     np.testing.assert_allclose(seg.values[:, 0], [1, 2, 3, 4, 50, 51, 52])
@@ -61,21 +64,25 @@ def test_prepare_orders_fills_and_splits_at_gaps():
     [
         (pd.DataFrame({"t": [1, 2, 2], "v": [1.0, 2.0, 3.0]}), "row 2: timestamp 2 repeats"),
         (pd.DataFrame({"t": [1, 2, 3], "v": [1.0, "x", 3.0]}), "column 'v', row 1"),
-        (pd.DataFrame({"t": [1, 2, 3], "v": [np.nan] * 3}), "column 'v' has no values"),
+        (
+            pd.DataFrame({"t": [3, 1, 2], "v": [np.nan] * 3}),
+            "column 'v' has no values in the 3 points from row 1, time 1 on",
+        ),
+        (pd.DataFrame({"t": [1, np.nan], "v": [1.0, 2.0]}), "column 't', row 1: the timestamp is"),
         (pd.DataFrame({"t": [1, 2, 3]}), "missing column 'v'"),
     ],
 )
 def test_bad_series_name_the_column_and_row(frame, message):
     schema = SequenceSchema(timestamp="t", values=("v",), timestamp_kind="number")
     with pytest.raises(InputError, match=message):
-        schema.prepare(frame)
+        schema.prepare(frame, window=2)
 
 
 def test_bad_timestamp_names_the_row():
     schema = SequenceSchema(timestamp="t", values=("v",))
     frame = pd.DataFrame({"t": ["2024-01-01", "soon"], "v": [1.0, 2.0]})
     with pytest.raises(InputError, match="column 't', row 1: 'soon' is not a timestamp"):
-        schema.prepare(frame)
+        schema.prepare(frame, window=2)
 
 
 def test_evaluate_says_it_measures_table_models(fitted, test_rows, tmp_path):
@@ -171,3 +178,110 @@ def test_short_series_get_nan_scores_and_short_training_data_is_refused(fitted, 
     assert result["anomaly_score"].isna().all() and not result["is_anomaly"].any()
     with pytest.raises(InputError, match="too few"):
         SequenceDetector(window=24, epochs=1).fit(short[["timestamp", "value"]])
+
+
+def _days(first: str, n: int, fmt: str) -> pd.DataFrame:
+    """``n`` daily points from ``first``, their times written in ``fmt``."""
+    days = pd.date_range(first, periods=n, freq="D")
+    return pd.DataFrame({"t": days.strftime(fmt), "v": np.arange(n, dtype=float)})
+
+
+def test_times_are_read_in_the_one_format_found_at_fit():
+    """Day-first text is not read month-first where it could be: "12/01" is 12 January, as
+    "13/01" is, so the series stays in order (pandas' per-value guess read 1 December)."""
+    schema = SequenceSchema.infer(_days("2024-01-05", 20, "%d/%m/%Y"), timestamp="t")
+    assert schema.time_format == "%d/%m/%Y" and schema.step == 86400.0
+    assert SequenceSchema.from_dict(schema.to_dict()) == schema
+    times = schema.seconds(pd.Series(["12/01/2024", "13/01/2024"]))
+    assert [schema.shown(t)[:10] for t in times] == ["2024-01-12", "2024-01-13"]
+    with pytest.raises(InputError, match=r"row 1: '2024-01-14' is not a timestamp in the format"):
+        schema.seconds(pd.Series(["14/01/2024", "2024-01-14"]))
+    iso = SequenceSchema.infer(_days("2024-01-05", 3, "%Y-%m-%dT%H:%M"), timestamp="t")
+    assert iso.time_format == "ISO8601"
+    assert iso.seconds(pd.Series(["2024-01-05 00:00:00Z"])).tolist() == [1704412800.0]
+
+
+def test_ambiguous_times_follow_the_format_found_and_old_models_read_as_they_did(caplog):
+    with caplog.at_level(logging.WARNING):
+        schema = SequenceSchema.infer(_days("2024-02-01", 10, "%d/%m/%Y"), timestamp="t")
+    assert schema.time_format == "%m/%d/%Y" and "%m/%d/%Y and %d/%m/%Y" in caplog.text
+    assert schema.shown(schema.seconds(pd.Series(["12/01/2024"]))[0])[:10] == "2024-12-01"
+    with pytest.raises(InputError, match="row 0: '13/01/2024' is not a timestamp in the format"):
+        schema.seconds(pd.Series(["13/01/2024"]))
+    old = {k: v for k, v in schema.to_dict().items() if k != "time_format"}
+    legacy = SequenceSchema.from_dict(old)  # saved before formats were kept
+    assert legacy.time_format is None
+    assert legacy.shown(legacy.seconds(pd.Series(["13/01/2024"]))[0])[:10] == "2024-01-13"
+
+
+@pytest.mark.parametrize(
+    "times",
+    [[1704067200, 1704067260], ["2024-01-01T00:00:00", 1704067260.0]],
+    ids=["ints", "mixed"],
+)
+def test_numbers_are_not_read_as_dates(times):
+    """An epoch number would be read as nanoseconds since 1970: 1970-01-01T00:00:01.7."""
+    schema = SequenceSchema(timestamp="t", values=("v",), time_format="ISO8601")
+    row = 0 if isinstance(times[0], int) else 1
+    with pytest.raises(InputError, match=f"column 't', row {row}: .* is a number"):
+        schema.seconds(pd.Series(times, dtype=object if row else None))
+
+
+@pytest.mark.parametrize("missing", [None, np.nan, ""], ids=["None", "NaN", "empty"])
+def test_a_missing_series_id_is_refused(missing):
+    """As the CLI reads an empty id (""): no series "None", "nan" or "" of their own."""
+    frame = pd.DataFrame({"t": [1, 2, 3], "host": ["a", missing, "a"], "v": [1.0, 2.0, 3.0]})
+    schema = SequenceSchema(timestamp="t", values=("v",), series="host", timestamp_kind="number")
+    with pytest.raises(InputError, match="column 'host', row 1: the series id is missing"):
+        schema.prepare(frame, window=2)
+    with pytest.raises(InputError, match="column 'host', row 1: the series id is missing"):
+        SequenceSchema.infer(frame, timestamp="t", series="host")
+
+
+def test_a_column_of_numbers_with_a_stray_word_is_refused_and_text_is_logged(caplog):
+    frame = pd.DataFrame(
+        {"t": [1, 2, 3], "v": [1.0, 2.0, 3.0], "note": ["a", "b", "c"], "mem": [0.5, "ERR", 0.7]}
+    )
+    with pytest.raises(InputError, match="column 'mem', row 1: 'ERR' is not a number"):
+        SequenceSchema.infer(frame, timestamp="t")
+    with caplog.at_level(logging.WARNING):
+        schema = SequenceSchema.infer(frame.drop(columns="mem"), timestamp="t")
+    assert schema.values == ("v",) and "as not numeric: 'note' (" in caplog.text
+
+
+def test_a_short_segment_without_values_gets_no_score(fitted, test_rows):
+    """A lone point after a gap, without a value: no window reads it, so it is not scored,
+    and the rest of the file is."""
+    rows = test_rows[test_rows["host"] == "h0"].sort_values("timestamp").head(60)
+    lone = rows.iloc[[-1]].assign(timestamp=rows["timestamp"].max() + pd.Timedelta("1h"))
+    result = fitted.score(pd.concat([rows, lone.assign(value=np.nan)], ignore_index=True))
+    assert result["anomaly_score"].iloc[:60].notna().all()
+    assert np.isnan(result["anomaly_score"].iloc[60]) and not result["is_anomaly"].iloc[60]
+
+
+def test_a_window_long_segment_without_values_names_its_row(fitted, test_rows, tmp_path, caplog):
+    rows = test_rows[test_rows["host"] == "h0"].sort_values("timestamp").head(60).copy()
+    rows["value"] = rows["value"].astype(object)
+    rows.iloc[30:, rows.columns.get_loc("value")] = None
+    rows.iloc[30:, rows.columns.get_loc("timestamp")] += pd.Timedelta("1h")  # a gap before
+    message = "column 'value' has no values in series 'h0' in the 30 points from row 30, time"
+    with pytest.raises(InputError, match=message):
+        fitted.score(rows.reset_index(drop=True))
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING), pytest.raises(InputError, match=r"\(line 32 of"):
+        score_csv(fitted, path, tmp_path / "out.csv", block_size=4096, progress=False)
+    assert "whole" not in caplog.text  # named as the file is streamed, not read again whole
+
+
+def test_a_wild_training_value_keeps_a_finite_scale():
+    """Its square overflows float32: the scale was inf, every window scored alike and nothing
+    was flagged, not even the wild value itself."""
+    n = 160
+    frame = pd.DataFrame({"t": np.arange(n), "v": np.sin(np.arange(n) / 3)})
+    frame.loc[5, "v"] = 1e30
+    det = SequenceDetector(timestamp_col="t", window=4, hidden=4, epochs=1).fit(frame)
+    assert np.isfinite(det.std_).all()
+    later = frame.assign(t=frame["t"] + n).iloc[:40].copy()
+    later.loc[20, "v"] = 1e30
+    assert det.score(later)["is_anomaly"].iloc[20]

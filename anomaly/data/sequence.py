@@ -4,29 +4,43 @@ A file holds one or more series: a timestamp column, an optional series-id colum
 more numeric value columns. The policy for imperfect data, the same at fit and at scoring:
 
 - **Order.** Rows may come in any order; each series is put in timestamp order, and results go
-  back to the input order. Two rows of one series with the same timestamp are an error.
+  back to the input order. Two rows of one series with the same timestamp are an error, and so
+  is a row without a timestamp or (when there is a series column) without a series id.
 - **Missing values** are interpolated linearly in time within a segment (the nearest value at
-  its ends). A segment with no value at all in a column is an error naming column and series.
+  its ends). A segment of at least one window with no value at all in a column is an error
+  naming column, series, and the segment's first row and time.
 - **Gaps.** Windows run over consecutive observations. A step longer than ``max_gap`` times the
   typical step (the median step seen at fit) starts a new segment: no window straddles the gap,
   and the first ``window - 1`` points after it are scored by fewer windows (a segment shorter
   than one window gets no score: NaN).
 
-Timestamps may be dates (anything pandas parses) or plain numbers.
+Timestamps may be plain numbers, or dates: written as text in one format, found at fit (ISO
+8601 when the training times all are) and required of every time scored after, so that
+"12/01/2024" means the same day in every row. Numbers are not read as dates.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
-from anomaly.data.tabular import _show, _to_float
+from anomaly.data.tabular import _refuse_first, _to_float
 from anomaly.errors import InputError
 
+log = logging.getLogger(__name__)
+
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+ISO8601 = "ISO8601"  # pandas' name for any ISO 8601 time: never ambiguous, so preferred
+_FORMAT_SAMPLE = 10  # training times a format is guessed from
+# Kinds of values pandas.api.types.infer_dtype finds in a column
+_NO_NUMBERS = ("string", "datetime", "datetime64", "date", "empty")
+_MAYBE_NUMBERS = ("string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating")
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,9 @@ class SequenceSchema:
     timestamp_kind: str = "datetime"  # or "number"
     step: float = 1.0  # the typical step between observations (seconds for dates)
     max_gap: float = 5.0  # a step over max_gap * step starts a new segment
+    # The format of date times (strptime's, or ISO8601), found at fit. None in models saved
+    # before it was kept: they read each time in whatever format it looks like, as they did.
+    time_format: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -56,35 +73,31 @@ class SequenceSchema:
         exclude: Sequence[str] = (),
         max_gap: float = 5.0,
     ) -> SequenceSchema:
-        """Learn the schema from normal rows: value columns default to the numeric ones."""
+        """Learn the schema from normal rows: value columns default to the numeric ones, and
+        date times are read in the one format they are written in."""
         for name in (timestamp, series):
             if name is not None and name not in frame.columns:
                 raise InputError(f"column {name!r} is not in the data", column=name)
         if len(frame) == 0:
             raise InputError("the data has no rows")
         if values is None:
-            skip = {timestamp, series, *exclude}
-            values = [
-                str(c)
-                for c in frame.columns
-                if c not in skip and pd.api.types.is_numeric_dtype(frame[c].dtype)
-            ]
-            if not values:
-                raise InputError(
-                    "no numeric value columns found; name them (value_cols) or fix their types"
-                )
-        kind = "number" if pd.api.types.is_numeric_dtype(frame[timestamp].dtype) else "datetime"
-        schema = cls(timestamp, tuple(values), series, kind, 1.0, float(max_gap))
+            values = _value_columns(frame, {timestamp, series, *exclude})
+        if pd.api.types.is_numeric_dtype(frame[timestamp].dtype):
+            kind, time_format = "number", None
+        else:
+            kind, time_format = "datetime", _time_format(frame[timestamp], timestamp)
+        schema = cls(timestamp, tuple(values), series, kind, 1.0, float(max_gap), time_format)
         times = schema.seconds(frame[timestamp])
         ids = schema._series_ids(frame)
         steps = [np.diff(np.sort(times[ids == s])) for s in pd.unique(ids)]
         steps = np.concatenate(steps) if steps else np.empty(0)
         steps = steps[steps > 0]
         step = float(np.median(steps)) if len(steps) else 1.0
-        return cls(timestamp, tuple(values), series, kind, step, float(max_gap))
+        return cls(timestamp, tuple(values), series, kind, step, float(max_gap), time_format)
 
-    def prepare(self, frame: pd.DataFrame, *, row_offset: int = 0) -> Segments:
-        """Check, order and fill ``frame``; errors name the column and first bad row."""
+    def prepare(self, frame: pd.DataFrame, *, window: int = 1, row_offset: int = 0) -> Segments:
+        """Check, order and fill ``frame`` for windows of ``window`` points (by default, every
+        segment must have values); errors name the column and first bad row."""
         times, ids, values = self.parse(frame, row_offset=row_offset)
         codes, names = pd.factorize(ids, sort=False)
         order = np.lexsort((times, codes))  # by series, then time
@@ -93,7 +106,9 @@ class SequenceSchema:
         if dup.any():
             i = int(order[np.flatnonzero(dup)[0] + 1])
             raise self.repeated(frame[self.timestamp].iloc[i], row_offset + i)
-        return self.segments(t, c, values[order], order, names)
+        return self.segments(
+            t, c, values[order], order, names, window=window, rows=order + row_offset
+        )
 
     def parse(
         self, frame: pd.DataFrame, *, row_offset: int = 0
@@ -108,7 +123,7 @@ class SequenceSchema:
                 column=missing[0],
             )
         times = self.seconds(frame[self.timestamp], row_offset)
-        ids = self._series_ids(frame)
+        ids = self._series_ids(frame, row_offset)
         values = (
             np.column_stack([_to_float(frame[c], c, row_offset) for c in self.values])
             if len(frame)
@@ -132,10 +147,18 @@ class SequenceSchema:
         values: np.ndarray,
         order: np.ndarray,
         names: Sequence,
+        *,
+        window: int,
+        rows: np.ndarray | None = None,
     ) -> Segments:
         """Rows already in series-then-time order, without repeated times, split at gaps and
         filled: ``codes`` index the series ``names``; ``order`` maps each row to its input row.
-        ``values`` (n, C) is filled in place."""
+        ``values`` (n, C) is filled in place.
+
+        A column without values in a segment shorter than ``window`` stays NaN: no window, so
+        no score, reads it. In a longer one it is an error naming the segment's first row
+        (``rows``: each row's number) and time; without ``rows`` it names no row, as when
+        rows still to come may yet fill the segment (a stream out of time order)."""
         same = codes[1:] == codes[:-1]
         breaks = ~same | (np.diff(times) > self.max_gap * self.step)
         n = len(times)
@@ -143,11 +166,29 @@ class SequenceSchema:
         stops = np.concatenate([starts[1:], [n]]) if n else np.empty(0, int)
         bounds = np.column_stack([starts, stops]).astype(np.int64)
         for start, stop in bounds:
-            _interpolate(values[start:stop], times[start:stop], self.values, names[codes[start]])
+            empty = _interpolate(values[start:stop], times[start:stop])
+            if empty is not None and stop - start >= window:
+                row = None if rows is None else int(rows[start])
+                raise self._unfilled(empty, names[codes[start]], times[start], stop - start, row)
         series = [names[codes[s]] for s in starts]
         # Kept within float32's range: a wild value is then a large number, not inf.
         finite = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX)
         return Segments(finite.astype(np.float32), order, bounds, series)
+
+    def _unfilled(
+        self, column: int, series, start: float, size: int, row: int | None
+    ) -> InputError:
+        """The error for a segment of ``size`` points, from time ``start`` (at ``row``), with
+        no value in the value column ``column``."""
+        name = self.values[column]
+        where = f" in series {series!r}" if self.series else ""
+        at = f"row {row}, " if row is not None else ""
+        return InputError(
+            f"column {name!r} has no values{where} in the {size} points from {at}"
+            f"time {self.shown(start)} on: nothing to fill them from",
+            column=name,
+            row=row,
+        )
 
     def split_in_time(self, frame: pd.DataFrame, share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``frame`` cut in two: the rows before the last ``share`` of each series in time,
@@ -188,29 +229,41 @@ class SequenceSchema:
         return pd.Timestamp(seconds, unit="s", tz="UTC").isoformat()
 
     def seconds(self, column: pd.Series, row_offset: int = 0) -> np.ndarray:
-        """The timestamps as float64 (seconds since 1970 for dates); an unparsable one is an
-        error naming its row (``row_offset`` + position)."""
+        """The timestamps as float64 (seconds since 1970 for dates); a missing or unparsable
+        one is an error naming its row (``row_offset`` + position)."""
+        # A NaN time would sort last, and, never equal to itself, pass as no repeat.
+        _refuse_missing(column.isna().to_numpy(), self.timestamp, row_offset, "timestamp")
         if self.timestamp_kind == "number":
             return _to_float(column, self.timestamp, row_offset)
-        parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
-        bad = parsed.isna().to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"column {self.timestamp!r}, row {row_offset + i}: "
-                f"{_show(column.iloc[i])} is not a timestamp",
-                column=self.timestamp,
-                row=row_offset + i,
-            )
+        # A number is no date: pandas would read it as nanoseconds since 1970.
+        problem = "is a number; the model reads times as dates written as text"
+        _refuse_first(_numbers(column), column, self.timestamp, row_offset, problem)
+        # Each time in the one format (older models: each in the format it looks like).
+        parsed = pd.to_datetime(
+            column, errors="coerce", utc=True, format=self.time_format or "mixed"
+        )
+        if self.time_format is None:
+            problem = "is not a timestamp"
+        else:
+            shown = "ISO 8601" if self.time_format == ISO8601 else self.time_format
+            problem = f"is not a timestamp in the format {shown}, that of the training times"
+        _refuse_first(parsed.isna().to_numpy(), column, self.timestamp, row_offset, problem)
         # In the parsed values' own unit: in nanoseconds, times past 2262 overflow.
         epoch = pd.Timestamp(0, tz="UTC").as_unit(parsed.dt.unit)
         seconds = (parsed - epoch) / pd.Timedelta(1, "s")
         return seconds.to_numpy(dtype=np.float64)
 
-    def _series_ids(self, frame: pd.DataFrame) -> np.ndarray:
+    def _series_ids(self, frame: pd.DataFrame, row_offset: int = 0) -> np.ndarray:
+        """Each row's series id as text; a missing or empty one (as a CSV file's empty value
+        reads) is an error naming its row: it would be a series of its own, "nan" or ""."""
         if self.series is None:
             return np.full(len(frame), "", dtype=object)
-        return frame[self.series].astype(str).to_numpy(dtype=object)
+        column = frame[self.series]
+        ids = column.astype(str).to_numpy(dtype=object)
+        _refuse_missing(
+            column.isna().to_numpy() | (ids == ""), self.series, row_offset, "series id"
+        )
+        return ids
 
     def to_dict(self) -> dict:
         return {
@@ -220,6 +273,7 @@ class SequenceSchema:
             "timestamp_kind": self.timestamp_kind,
             "step": self.step,
             "max_gap": self.max_gap,
+            "time_format": self.time_format,
         }
 
     @classmethod
@@ -267,17 +321,113 @@ class Segments:
         return out
 
 
-def _interpolate(block: np.ndarray, times: np.ndarray, names: Sequence[str], series) -> None:
-    """Fill NaNs of a segment in place, linearly in time; nearest value at the ends."""
+def _interpolate(block: np.ndarray, times: np.ndarray) -> int | None:
+    """Fill NaNs of a segment in place, linearly in time; nearest value at the ends. Returns
+    the first column without any value (left NaN), or None."""
+    empty = None
     for j in range(block.shape[1]):
         col = block[:, j]
         missing = np.isnan(col)
         if not missing.any():
             continue
         if missing.all():
-            where = f" in series {series!r}" if series else ""
-            raise InputError(
-                f"column {names[j]!r} has no values{where}: nothing to fill the gaps from",
-                column=names[j],
-            )
+            if empty is None:
+                empty = j
+            continue
         col[missing] = np.interp(times[missing], times[~missing], col[~missing])
+    return empty
+
+
+def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
+    """The value columns of ``frame`` by default: its columns of numbers but ``skip``.
+
+    A column of numbers with a stray word ("ERR") reads as text: it is refused, naming the
+    word, rather than silently left out of the model. The text columns left out are logged.
+    """
+    values, left_out = [], []
+    for name in frame.columns:
+        if name in skip:
+            continue
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            values.append(str(name))
+        elif _mostly_numbers(column):
+            _to_float(column, str(name), 0)  # refuses the first value that is not a number
+            values.append(str(name))  # numbers written as text: read as the values are
+        else:
+            left_out.append(str(name))
+    if left_out:
+        log.warning(
+            "left out of the value columns, as not numeric: %s (name value_cols to choose)",
+            ", ".join(map(repr, left_out)),
+        )
+    if not values:
+        raise InputError(
+            "no numeric value columns found; name them (value_cols) or fix their types"
+        )
+    return values
+
+
+def _mostly_numbers(column: pd.Series) -> bool:
+    """Whether more than half of a text column's values are numbers."""
+    if pd.api.types.infer_dtype(column, skipna=True) not in _MAYBE_NUMBERS:
+        return False  # dates, true/false, ...: no column of numbers
+    present = column.dropna().astype(str)
+    return int(pd.to_numeric(present, errors="coerce").notna().sum()) * 2 > len(present)
+
+
+def _refuse_missing(missing: np.ndarray, name: str, row_offset: int, what: str) -> None:
+    """Raise an InputError naming the column and the first ``missing`` row."""
+    if missing.any():
+        row = row_offset + int(np.flatnonzero(missing)[0])
+        raise InputError(f"column {name!r}, row {row}: the {what} is missing", column=name, row=row)
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    """Which values of a time column are numbers (not text, not dates)."""
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column.notna().to_numpy()
+    if pd.api.types.infer_dtype(column, skipna=True) in _NO_NUMBERS:
+        return np.zeros(len(column), dtype=bool)  # the usual cases, without a look at each
+    kinds = (int, float, np.number)
+    return column.map(lambda v: isinstance(v, kinds) and not isinstance(v, bool)).to_numpy(bool)
+
+
+def _time_format(column: pd.Series, name: str) -> str:
+    """The one format a training column of date times is written in, in which every time is
+    then read: ISO 8601 when they all are (or are dates already), else the format guessed
+    from a sample that reads the most of them (:meth:`SequenceSchema.seconds` then names the
+    first it does not read). When two formats read them all ("01/02/2024": day or month
+    first), the first guessed is kept, with a warning."""
+    text = column.dropna()
+    if pd.api.types.infer_dtype(text, skipna=True) != "string":
+        return ISO8601  # dates already: text scored later is read as ISO 8601
+    sample = text.iloc[np.linspace(0, len(text) - 1, min(len(text), _FORMAT_SAMPLE)).astype(int)]
+    with warnings.catch_warnings():  # pandas warns when a guess reads the day first
+        warnings.simplefilter("ignore", UserWarning)
+        guesses = [guess_datetime_format(v, dayfirst=d) for v in sample for d in (False, True)]
+    formats = [fmt for fmt in dict.fromkeys([ISO8601, *guesses]) if fmt is not None]
+    # Only the formats that read the most of the sample are tried on every time: a read of a
+    # million times takes a second.
+    on_sample = {fmt: _reads(sample, fmt) for fmt in formats}
+    read = {}
+    for fmt in (fmt for fmt in formats if on_sample[fmt] == max(on_sample.values())):
+        read[fmt] = _reads(text, fmt)
+        if fmt == ISO8601 and read[fmt] == len(text):
+            return ISO8601  # never ambiguous
+    complete = [fmt for fmt, n in read.items() if n == len(text)]
+    if len(complete) > 1:
+        log.warning(
+            "column %r: its times read in the formats %s; reading them as %s (ISO 8601 "
+            "times, 2024-01-31, are never ambiguous)",
+            name,
+            " and ".join(complete),
+            complete[0],
+        )
+    return max(read, key=read.get)  # the first of those reading the most: ISO 8601 on a tie
+
+
+def _reads(text: pd.Series, fmt: str) -> int:
+    """How many of the times ``text`` ``fmt`` reads."""
+    parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+    return int(parsed.notna().sum())
