@@ -323,9 +323,10 @@ class SequenceDetector(AutoencoderDetector):
             starts = np.r_[0, ends[:-1]]
             series = [tails[name] for name in names]
             _check_time_order(series, starts, rows, times, self.schema_)
-            observed = np.where(~np.isnan(values).any(axis=1), np.arange(len(rows)), -1)
+            # Each column's last observed value in each series' rows (-1: none).
+            observed = np.where(~np.isnan(values), np.arange(len(rows))[:, None], -1)
             for tail, lo, hi, last in zip(
-                series, starts, ends, np.maximum.reduceat(observed, starts), strict=True
+                series, starts, ends, np.maximum.reduceat(observed, starts, axis=0), strict=True
             ):
                 tail.append(rows[lo:hi], times[lo:hi], values[lo:hi], last - lo)
             ready = (tail.ready(self.window) for tail in tails.values())
@@ -343,19 +344,22 @@ class SequenceDetector(AutoencoderDetector):
         results, or None when no series has enough.
 
         A point's score depends on the points within ``window - 1`` of it, and their values
-        on the nearest observed values around them (gaps are interpolated). So a point is
-        final once a fully observed point has arrived ``window - 1`` or more points after it.
-        The kept context starts at a fully observed point at least ``window - 1`` points
-        before the next point to score (or at the series' first point): scoring from there
+        on the nearest observed values of each column around them, in their segment (gaps are
+        interpolated). So a point is final once every column has an observed value at or
+        after the point ``window - 1`` after it: a row need not hold every column (sensors
+        logged on rows of their own). A pass reads the rows up to each column's next value
+        from there (:meth:`_pass_end`); the kept context starts at each column's last value
+        before the next point's first window (:meth:`_context_start`): scoring from there
         sees exactly what scoring the whole series sees.
         """
         w = self.window
         parts = []  # (tail, its (rows, times, values), rows scored in it, end of final points)
         for tail in tails:
-            stop = tail.size if final else tail.observed
-            last = stop if final else stop - w + 1
+            last = tail.size if final else tail.observed - w + 1
             if last - tail.done >= (1 if final else self._ready_enough()):
-                parts.append((tail, tail.arrays(), stop, last))
+                arrays = tail.arrays()
+                stop = tail.size if final else self._pass_end(arrays, tail.observed - 1)
+                parts.append((tail, arrays, stop, last))
         if not parts:
             return None
         # One pass for every series: windows are scored in blocks of a steady size, whatever
@@ -378,14 +382,40 @@ class SequenceDetector(AutoencoderDetector):
         scored = self._score_prepared(segments, "point")
         finished = np.zeros(len(segments.values), dtype=bool)
         done_rows, offset = [], 0
-        for tail, (rows, _, values), stop, last in parts:
+        for tail, (rows, times, values), stop, last in parts:
             finished[offset + tail.done : offset + last] = True
             done_rows.append(rows[tail.done : last])
             offset += stop
             if not final:
-                observed = np.flatnonzero(~np.isnan(values[: max(0, last - w + 2)]).any(axis=1))
-                tail.keep(int(observed[-1]) if len(observed) else 0, last)
+                tail.keep(self._context_start(times, values, max(0, last - w + 1)), last)
         return np.concatenate(done_rows), {name: col[finished] for name, col in scored.items()}
+
+    def _breaks(self, times: np.ndarray) -> np.ndarray:
+        """Where segments start among rows of one series in time order, but the first (as
+        :meth:`SequenceSchema.segments` splits them): after a step longer than ``max_gap``."""
+        return np.flatnonzero(np.diff(times) > self.schema_.max_gap * self.schema_.step) + 1
+
+    def _pass_end(self, arrays: tuple[np.ndarray, ...], needed: int) -> int:
+        """The rows of a series that a pass reads to score the points whose windows end by
+        ``needed`` as the whole series would: up to each column's first value at or after
+        ``needed`` (all have arrived), which the gaps before it are interpolated from; or up
+        to the end of ``needed``'s segment, when that comes first. Not further: a segment
+        begun later may lack a column only for now (an error to the pass)."""
+        _, times, values = arrays
+        stop = needed + 1 + int((~np.isnan(values[needed:])).argmax(axis=0).max())
+        breaks = self._breaks(times[needed:stop])
+        return needed + int(breaks[0]) if len(breaks) else stop
+
+    def _context_start(self, times: np.ndarray, values: np.ndarray, first: int) -> int:
+        """The first row of a series to keep when the windows still to score start at
+        ``first`` or later: each column's last value at or before ``first`` in its segment,
+        the value the gaps after it are interpolated from (a column without one there is
+        filled from its values after: nothing to keep for it)."""
+        breaks = self._breaks(times[: first + 1])
+        segment = int(breaks[-1]) if len(breaks) else 0
+        seen = ~np.isnan(values[segment : first + 1])
+        previous = np.where(seen.any(axis=0), first - seen[::-1].argmax(axis=0), first)
+        return int(previous.min())
 
     def _ready_enough(self) -> int:
         """Final points a series needs to join a pass before the stream ends: its context,
@@ -513,20 +543,25 @@ def _check_time_order(series, starts, rows, times, schema: SequenceSchema) -> No
 
 class _SeriesTail:
     """One series' rows of a time-ordered stream not yet dropped: the context kept for later
-    points, then the points not yet scored (from ``done``). ``observed`` counts the rows up
-    to the last fully observed one."""
+    points, then the points not yet scored (from ``done``). ``seen`` counts, for each value
+    column, the rows up to its last observed value (0: none); ``observed``, the rows up to
+    the point from which on every column has an observed value (their least)."""
 
     def __init__(self, name):
         self.name = name
         self.pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.size = self.done = self.observed = 0
+        self.seen: np.ndarray | None = None
         self.last_time = -np.inf
 
-    def append(self, rows, times, values, last_observed: int) -> None:
-        """The series' next rows, in time order after those before; ``last_observed`` is the
-        index among them of the last fully observed one (negative: none)."""
-        if last_observed >= 0:
-            self.observed = self.size + last_observed + 1
+    def append(self, rows, times, values, last_observed: np.ndarray) -> None:
+        """The series' next rows, in time order after those before; ``last_observed`` is,
+        for each value column, the index among them of its last observed value (negative:
+        none)."""
+        if self.seen is None:
+            self.seen = np.zeros(len(last_observed), dtype=np.int64)
+        self.seen = np.where(last_observed >= 0, self.size + last_observed + 1, self.seen)
+        self.observed = int(self.seen.min())
         # Copies: a slice would keep the whole block it came from in memory.
         self.pieces.append((rows.copy(), times.copy(), values.copy()))
         self.size += len(rows)
@@ -546,7 +581,8 @@ class _SeriesTail:
         rows, times, values = self.arrays()
         self.pieces = [(rows[start:], times[start:], values[start:])]
         self.size -= start
-        self.observed -= start
+        self.seen = np.maximum(self.seen - start, 0)  # a column's values all before: none
+        self.observed = int(self.seen.min())
         self.done = done - start
 
 

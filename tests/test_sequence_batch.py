@@ -100,6 +100,77 @@ def test_points_come_out_while_the_stream_goes_on(fitted, in_time, small_passes)
     assert len(pending) > 10
 
 
+def _two_sensors(n: int, seed: int) -> pd.DataFrame:
+    """Two hosts, interleaved in time, each reading two sensors, ``temp`` and ``hum``."""
+    rng = np.random.default_rng(seed)
+    times = pd.Timestamp("2024-01-01") + pd.to_timedelta(np.arange(n), "min")
+    frames = [
+        pd.DataFrame(
+            {
+                "timestamp": times,
+                "host": f"h{i}",
+                "temp": np.sin(np.arange(n) / 6 + i) + 0.05 * rng.standard_normal(n),
+                "hum": np.cos(np.arange(n) / 9 + i) + 0.05 * rng.standard_normal(n),
+            }
+        )
+        for i in range(2)
+    ]
+    frame = pd.concat(frames).sort_values(["timestamp", "host"], kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def test_sensors_logged_on_rows_of_their_own_come_out_while_the_stream_goes_on(
+    small_passes, tmp_path, caplog
+):
+    """No row holds every value column (temp on one row, hum on the next): a point is final
+    once each column has a value after its windows, not once a full row comes, which never
+    does. The stream still gets the whole file's scores, and not all at its end."""
+    window = 8
+    detector = SequenceDetector(series_col="host", window=window, hidden=8, epochs=1).fit(
+        _two_sensors(300, seed=0)
+    )
+    frame = _two_sensors(600, seed=1)
+    frame.loc[frame.index % 4 < 2, "hum"] = np.nan  # each host: temp, hum, temp, hum, ...
+    frame.loc[frame.index % 4 >= 2, "temp"] = np.nan
+    h1 = frame.index[frame["host"] == "h1"]
+    frame = frame.drop(index=h1[300:320]).reset_index(drop=True)  # a gap in h1
+    assert not frame[["temp", "hum"]].notna().all(axis=1).any()
+
+    schema, piece_rows, consumed = detector.schema_, 50, 0
+    batches, pending = [], []
+
+    def pieces():
+        nonlocal consumed
+        for start in range(0, len(frame), piece_rows):
+            part = frame.iloc[start : start + piece_rows]
+            consumed += len(part)
+            yield (np.arange(start, start + len(part)), *schema.parse(part, row_offset=start))
+
+    for rows, results in detector.score_time_ordered(pieces()):
+        batches.append((rows, results))
+        pending.append(consumed - sum(len(rows) for rows, _ in batches))
+    rows = np.concatenate([rows for rows, _ in batches])
+    assert np.array_equal(np.sort(rows), np.arange(len(frame)))
+    expected = detector.score(frame)
+    for name in ("anomaly_score", "p_value", "is_anomaly"):
+        streamed = np.empty(len(frame), dtype=expected[name].dtype)
+        streamed[rows] = np.concatenate([results[name] for _, results in batches])
+        np.testing.assert_array_equal(streamed, expected[name].to_numpy(), err_msg=name)
+    # Before: one batch, the whole stream, at its end.
+    assert len(batches) > 5
+    assert max(pending[:-1]) < 50 + piece_rows + 2 * 10 * window
+
+    path, out = tmp_path / "in.csv", tmp_path / "out.csv"  # and so does `anomaly score`
+    frame.to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING):
+        score_csv(detector, path, out, block_size=1024, progress=False)
+    assert "whole" not in caplog.text
+    np.testing.assert_array_equal(
+        pd.read_csv(out)["anomaly_score"].to_numpy(np.float32),
+        detector.score(read_csv(path))["anomaly_score"],
+    )
+
+
 def test_rows_out_of_time_order_are_scored_whole(fitted, in_time, tmp_path, caplog):
     path = tmp_path / "shuffled.csv"
     in_time.sample(frac=1, random_state=3).to_csv(path, index=False)

@@ -178,6 +178,8 @@ def test_read_csv_empty_and_header_only(tmp_path):
         read_csv(header)
     with pytest.raises(InputError, match="no such file"):
         read_csv(tmp_path / "absent.csv")
+    with pytest.raises(InputError, match="is a folder; give a CSV file"):
+        read_csv(tmp_path)
 
 
 MIXED_TEXT = "x,c,b\n1.5,red,true\nNA,,FALSE\n1e3,blue,yes\n,NA, no \nnan,green,\n-0.25,red,N/A\n"

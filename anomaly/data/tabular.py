@@ -486,6 +486,8 @@ def _leading_rows(source: Path | BinaryIO, count: int, name: str) -> list[list[s
     """The first ``count`` rows of a CSV file or stream (a stream is left where it was)."""
     try:
         if isinstance(source, Path):
+            if source.is_dir():
+                raise InputError(f"{source} is a folder; give a CSV file")
             if not source.is_file():
                 raise InputError(f"no such file: {source}")
             with open(source, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
