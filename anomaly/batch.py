@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 
 from anomaly.data.tabular import (
     CSV_PARSE_OPTIONS,
-    NA_VALUES,
     csv_header,
     line_of,
     text_convert_options,
+    without_na_tokens,
 )
 from anomaly.detector import RESULT_COLUMNS, Detector
 from anomaly.errors import InputError
@@ -44,8 +44,6 @@ from anomaly.sequence import RESULT_COLUMNS as SERIES_RESULTS
 from anomaly.sequence import OutOfTimeOrder
 
 log = logging.getLogger(__name__)
-
-_NA_TEXT = pa.array(NA_VALUES, pa.string())
 
 
 @dataclass(frozen=True)
@@ -245,11 +243,7 @@ def _as_read(column: pa.Array, *, keep_empty: bool) -> np.ndarray:
     """A text column as :func:`~anomaly.data.tabular.read_csv` reads it: a value column's
     missing-value tokens (empty, ``NA``, ``null``...) are missing (None); a timestamp or
     series id stays text, to be refused or named as written."""
-    if keep_empty:
-        column = pc.fill_null(column, "")
-    else:
-        missing = pc.fill_null(pc.is_in(column, value_set=_NA_TEXT), True)
-        column = pc.if_else(missing, pa.scalar(None, pa.string()), column)
+    column = pc.fill_null(column, "") if keep_empty else without_na_tokens(column)
     return column.to_numpy(zero_copy_only=False)
 
 

@@ -199,7 +199,10 @@ def train(
 
     from anomaly.data import read_csv
 
-    frame = read_csv(data)
+    # A series' times and ids as written, as `anomaly score` reads them ("NA" may be a series).
+    frame = read_csv(
+        data, as_text=[timestamp_col, series_col] if modality is Modality.sequence else ()
+    )
     exclude = list(exclude or ())
     is_anomaly = None
     if label_col is not None:

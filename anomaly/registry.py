@@ -182,7 +182,10 @@ def _download_errors(uri: str) -> Iterator[None]:
     try:
         yield
     except ImportError as exc:
-        package = _STORE_PACKAGES.get((exc.name or "").split(".")[0], exc.name)
+        if exc.name is None:  # MLflow's own message names the package (Azure's stores)
+            raise RegistryError(f"cannot download {uri}: {exc}") from None
+        package = _STORE_PACKAGES.get(exc.name, _STORE_PACKAGES.get(exc.name.split(".")[0]))
+        package = package or exc.name
         raise RegistryError(
             f"cannot download {uri}: its artifact store needs the package {package!r} "
             f"(pip install {package})"
@@ -200,7 +203,7 @@ def _download_errors(uri: str) -> Iterator[None]:
 
 # The module an artifact store imports -> the package that provides it.
 _STORE_PACKAGES = {"botocore": "boto3", "boto3": "boto3", "google": "google-cloud-storage",
-                   "azure": "azure-storage-blob"}  # fmt: skip
+                   "azure": "azure-storage-blob", "azure.identity": "azure-identity"}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- logging a detector

@@ -278,8 +278,10 @@ def _read(champion: AnyDetector, data: NewData | str | Path) -> pd.DataFrame | n
     """Data as the champion's kind takes it: a DataFrame, or an array of images."""
     if champion.kind == "image":
         return load_images(data, champion.image_size_, champion.channels)[0]
-    if isinstance(data, str | Path):  # a table's columns as the champion's scorer reads them
-        return read_csv(data, schema=champion.schema_ if champion.kind == "tabular" else None)
+    if isinstance(data, str | Path):  # as the champion's batch scorer reads the file
+        if champion.kind == "tabular":
+            return read_csv(data, schema=champion.schema_)
+        return read_csv(data, as_text=champion.schema_.text_columns)
     if not isinstance(data, pd.DataFrame):
         raise InputError(f"expected a DataFrame or a CSV path, got {type(data).__name__}")
     return data

@@ -393,7 +393,7 @@ class SequenceDetector(AutoencoderDetector):
     def _breaks(self, times: np.ndarray) -> np.ndarray:
         """Where segments start among rows of one series in time order, but the first (as
         :meth:`SequenceSchema.segments` splits them): after a step longer than ``max_gap``."""
-        return np.flatnonzero(np.diff(times) > self.schema_.max_gap * self.schema_.step) + 1
+        return np.flatnonzero(self.schema_.gaps(times)) + 1
 
     def _pass_end(self, arrays: tuple[np.ndarray, ...], needed: int) -> int:
         """The rows of a series that a pass reads to score the points whose windows end by

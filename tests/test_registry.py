@@ -195,3 +195,18 @@ def test_missing_alias_and_unreachable_server(logged, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     with pytest.raises(RegistryError, match=f"cannot reach the MLflow tracking server at {url}"):
         registry.resolve(f"models:/{name}@champion")
+
+
+def test_a_store_missing_its_package_names_the_package():
+    uri = "wasbs://c@a.blob.core.windows.net/m"
+    missing = ModuleNotFoundError("No module named 'azure.identity'", name="azure.identity")
+    with (
+        pytest.raises(RegistryError, match=r"needs the package 'azure-identity' \(pip install"),
+        registry._download_errors(uri),
+    ):
+        raise missing
+    with (
+        pytest.raises(RegistryError, match="requires the azure-storage-blob package"),
+        registry._download_errors(uri),
+    ):
+        raise ImportError("wasbs requires the azure-storage-blob package")  # no module name

@@ -201,6 +201,18 @@ def test_times_are_read_in_the_one_format_found_at_fit():
     assert iso.seconds(pd.Series(["2024-01-05 00:00:00Z"])).tolist() == [1704412800.0]
 
 
+def test_times_in_no_one_format_are_read_as_they_look_day_first_as_found():
+    """An export that writes midnight as a bare date: no one format reads every time, so each
+    is read as it looks, with the day first as the format reading the most has it."""
+    hours = pd.date_range("2024-03-11", periods=96, freq="h")
+    text = [t.strftime("%d/%m/%Y" if t.hour == 0 else "%d/%m/%Y %H:%M") for t in hours]
+    schema = SequenceSchema.infer(pd.DataFrame({"t": text, "v": 1.0}), timestamp="t")
+    assert schema.time_format == "mixed, day first" and schema.step == 3600.0
+    times = schema.seconds(pd.Series(text))
+    assert (np.diff(times) == 3600.0).all()  # "12/03/2024" is 12 March, as "13/03/2024" is
+    assert schema.shown(schema.seconds(pd.Series(["12/03/2024"]))[0])[:10] == "2024-03-12"
+
+
 def test_ambiguous_times_follow_the_format_found_and_old_models_read_as_they_did(caplog):
     with caplog.at_level(logging.WARNING):
         schema = SequenceSchema.infer(_days("2024-02-01", 10, "%d/%m/%Y"), timestamp="t")

@@ -252,11 +252,16 @@ def test_the_stream_refuses_a_series_going_back_in_time(
         ("repeat", r"row 1201: timestamp .* repeats within its series \(line 1203"),
         ("text", r"column 'value', row 4000: 'high' is not a number \(line 4002"),
         ("empty", r"column 'value' has no values in series 'h3'"),
+        ("no time", r"column 'timestamp', row 300: the timestamp is missing \(line 302"),
     ],
 )
 def test_bad_rows_are_named_and_nothing_is_written(fitted, in_time, tmp_path, edit, message):
-    frame = in_time.astype({"value": object})
-    if edit == "repeat":
+    frame = in_time.astype({"value": object, "timestamp": object})
+    if edit == "no time":
+        frame.loc[300, "timestamp"] = None  # as read_csv reads it: the same message
+        with pytest.raises(InputError, match=message.split(r" \(")[0]):
+            fitted.score(frame)
+    elif edit == "repeat":
         frame = pd.concat([frame.iloc[:1201], frame.iloc[[1198]], frame.iloc[1201:]])
     elif edit == "text":
         frame.loc[4000, "value"] = "high"
@@ -271,3 +276,18 @@ def test_bad_rows_are_named_and_nothing_is_written(fitted, in_time, tmp_path, ed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
     with pytest.raises(InputError, match=message.split(r" \(line")[0]):
         fitted.score(read_csv(path))
+
+
+def test_a_series_named_na_is_a_series_on_every_path(fitted, in_time, tmp_path):
+    """ "NA" names a series (Namibia): the batch scorer reads ids as written, and read_csv, as
+    train, retrain and /invocations use it, reads them so too."""
+    path = tmp_path / "na.csv"
+    in_time.replace({"host": {"h1": "NA"}}).to_csv(path, index=False)
+    score_csv(fitted, path, tmp_path / "out.csv", progress=False)
+    frame = read_csv(path, as_text=fitted.schema_.text_columns)
+    assert (frame["host"] == "NA").sum() == (in_time["host"] == "h1").sum()
+    expected = fitted.score(frame)
+    np.testing.assert_array_equal(
+        pd.read_csv(tmp_path / "out.csv")["anomaly_score"].to_numpy(np.float32),
+        expected["anomaly_score"],
+    )

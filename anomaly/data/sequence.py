@@ -16,7 +16,8 @@ more numeric value columns. The policy for imperfect data, the same at fit and a
 
 Timestamps may be plain numbers, or dates: written as text in one format, found at fit (ISO
 8601 when the training times all are) and required of every time scored after, so that
-"12/01/2024" means the same day in every row. Numbers are not read as dates.
+"12/01/2024" means the same day in every row; training times in no one format are each read
+as they look, the day first or not as found. Numbers are not read as dates.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 ISO8601 = "ISO8601"  # pandas' name for any ISO 8601 time: never ambiguous, so preferred
+# Training times in no one format (a bare date at midnight, seconds on some rows only): each
+# time is read in the format it looks like, with the day before the month or not, as found.
+MIXED, MIXED_DAY_FIRST = "mixed", "mixed, day first"
 _FORMAT_SAMPLE = 10  # training times a format is guessed from
 # Kinds of values pandas.api.types.infer_dtype finds in a column
 _NO_NUMBERS = ("string", "datetime", "datetime64", "date", "empty")
@@ -53,7 +57,8 @@ class SequenceSchema:
     timestamp_kind: str = "datetime"  # or "number"
     step: float = 1.0  # the typical step between observations (seconds for dates)
     max_gap: float = 5.0  # a step over max_gap * step starts a new segment
-    # The format of date times (strptime's, or ISO8601), found at fit. None in models saved
+    # The format of date times (strptime's, ISO8601, MIXED or MIXED_DAY_FIRST), found at
+    # fit. None in models saved
     # before it was kept: they read each time in whatever format it looks like, as they did.
     time_format: str | None = None
 
@@ -61,6 +66,12 @@ class SequenceSchema:
     def names(self) -> list[str]:
         """The columns a model of this schema reads: timestamp, series id (if any), values."""
         return [c for c in (self.timestamp, self.series, *self.values) if c]
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The columns read as written from a CSV file (``read_csv``'s ``as_text``), as the
+        batch scorer reads them: timestamp and series id, where ``NA`` may name a series."""
+        return [c for c in (self.timestamp, self.series) if c]
 
     @classmethod
     def infer(
@@ -160,7 +171,7 @@ class SequenceSchema:
         (``rows``: each row's number) and time; without ``rows`` it names no row, as when
         rows still to come may yet fill the segment (a stream out of time order)."""
         same = codes[1:] == codes[:-1]
-        breaks = ~same | (np.diff(times) > self.max_gap * self.step)
+        breaks = ~same | self.gaps(times)
         n = len(times)
         starts = np.concatenate([[0], np.flatnonzero(breaks) + 1]) if n else np.empty(0, int)
         stops = np.concatenate([starts[1:], [n]]) if n else np.empty(0, int)
@@ -174,6 +185,11 @@ class SequenceSchema:
         # Kept within float32's range: a wild value is then a large number, not inf.
         finite = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX)
         return Segments(finite.astype(np.float32), order, bounds, series)
+
+    def gaps(self, times: np.ndarray) -> np.ndarray:
+        """Whether each step between consecutive ``times`` (of one series, in order) is a gap
+        that starts a new segment: longer than ``max_gap`` typical steps."""
+        return np.diff(times) > self.max_gap * self.step
 
     def _unfilled(
         self, column: int, series, start: float, size: int, row: int | None
@@ -232,17 +248,24 @@ class SequenceSchema:
         """The timestamps as float64 (seconds since 1970 for dates); a missing or unparsable
         one is an error naming its row (``row_offset`` + position)."""
         # A NaN time would sort last, and, never equal to itself, pass as no repeat.
-        _refuse_missing(column.isna().to_numpy(), self.timestamp, row_offset, "timestamp")
+        # "" too: the batch scorer reads an empty field as written.
+        missing = column.isna().to_numpy() | (column.to_numpy() == "")
+        _refuse_missing(missing, self.timestamp, row_offset, "timestamp")
         if self.timestamp_kind == "number":
             return _to_float(column, self.timestamp, row_offset)
         # A number is no date: pandas would read it as nanoseconds since 1970.
         problem = "is a number; the model reads times as dates written as text"
         _refuse_first(_numbers(column), column, self.timestamp, row_offset, problem)
         # Each time in the one format (older models: each in the format it looks like).
+        time_format = self.time_format or MIXED
         parsed = pd.to_datetime(
-            column, errors="coerce", utc=True, format=self.time_format or "mixed"
+            column,
+            errors="coerce",
+            utc=True,
+            format=MIXED if time_format == MIXED_DAY_FIRST else time_format,
+            dayfirst=time_format == MIXED_DAY_FIRST,
         )
-        if self.time_format is None:
+        if time_format in (MIXED, MIXED_DAY_FIRST):
             problem = "is not a timestamp"
         else:
             shown = "ISO 8601" if self.time_format == ISO8601 else self.time_format
@@ -395,10 +418,10 @@ def _numbers(column: pd.Series) -> np.ndarray:
 
 def _time_format(column: pd.Series, name: str) -> str:
     """The one format a training column of date times is written in, in which every time is
-    then read: ISO 8601 when they all are (or are dates already), else the format guessed
-    from a sample that reads the most of them (:meth:`SequenceSchema.seconds` then names the
-    first it does not read). When two formats read them all ("01/02/2024": day or month
-    first), the first guessed is kept, with a warning."""
+    then read: ISO 8601 when they all are (or are dates already), else a format guessed from
+    a sample that reads them all. When two do ("01/02/2024": day or month first), the first
+    guessed is kept, with a warning. When none does (a bare date at midnight among times),
+    :data:`MIXED` or :data:`MIXED_DAY_FIRST`, as the format reading the most has it."""
     text = column.dropna()
     if pd.api.types.infer_dtype(text, skipna=True) != "string":
         return ISO8601  # dates already: text scored later is read as ISO 8601
@@ -424,7 +447,13 @@ def _time_format(column: pd.Series, name: str) -> str:
             " and ".join(complete),
             complete[0],
         )
-    return max(read, key=read.get)  # the first of those reading the most: ISO 8601 on a tie
+    if complete:
+        return complete[0]
+    # No one format reads them all: each time is read as it looks, the day first or not as
+    # in the format that reads the most (ISO 8601 on a tie).
+    best = max(read, key=read.get)
+    day_first = best != ISO8601 and -1 < best.find("%d") < best.find("%m")
+    return MIXED_DAY_FIRST if day_first else MIXED
 
 
 def _reads(text: pd.Series, fmt: str) -> int:

@@ -215,7 +215,7 @@ class TabularSchema:
             try:
                 out[col.name] = _parse_text(values, col)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                text = pd.DataFrame({col.name: _without_na_tokens(values).to_pandas()})
+                text = pd.DataFrame({col.name: without_na_tokens(values).to_pandas()})
                 out[col.name] = TabularSchema((col,)).coerce(text, row_offset=row_offset)[col.name]
         return out
 
@@ -261,7 +261,11 @@ class TabularSchema:
 
 
 def read_csv(
-    source: str | Path | BinaryIO, *, name: str | None = None, schema: TabularSchema | None = None
+    source: str | Path | BinaryIO,
+    *,
+    name: str | None = None,
+    schema: TabularSchema | None = None,
+    as_text: Sequence[str | None] = (),
 ) -> pd.DataFrame:
     """Read a whole CSV file (or a binary stream, e.g. a request body) with clear errors.
 
@@ -272,16 +276,23 @@ def read_csv(
     name : str, optional
         What ``source`` is, in error messages (default: the path).
     schema : TabularSchema, optional
-        The columns a model reads, when it is known (scoring, evaluating, retraining). Those
-        columns are then read as ``anomaly score`` reads them: as text, by Arrow, converted by
-        :meth:`TabularSchema.coerce_text`. So a file gives the same values, hence the same
-        scores, and the same errors (naming the column and row) here as there. They come back
-        as the model reads them: numeric columns as float64 (NaN for missing), boolean ones as
-        pandas' nullable ``boolean``, categorical ones as text (an empty field, or a
-        missing-value token that is not one of the kept levels, is missing). Other
-        columns, and every column without a schema (training: kinds are inferred from the
-        data), are read by pandas, which infers each one's type. A column the model reads that
-        the file lacks is left out, for the caller to report.
+        The columns a table model reads, when it is known (scoring, evaluating, retraining).
+        Those columns are then read as text and converted by
+        :meth:`TabularSchema.coerce_text`, the batch scorer's own rules: so a file gives the
+        same values, hence the same scores, and the same errors (naming the column and row)
+        here as in ``anomaly score``. They come back as the model reads them: numeric columns
+        as float64 (NaN for missing), boolean ones as pandas' nullable ``boolean``,
+        categorical ones as text (an empty field, or a missing-value token that is not one
+        of the kept levels, is missing). A column the model reads that the file lacks is left
+        out, for the caller to report.
+    as_text : column names
+        Columns read as written, only an empty field missing: a time series' timestamps and
+        series ids, where ``NA`` may name a series (Namibia) and the batch scorer reads them
+        so too. Names not in the file, and None, are passed over.
+
+    Every other column (and every column without a schema, as at training, where kinds are
+    inferred from the data) is read by pandas, which infers its type; the missing-value
+    tokens (:data:`NA_VALUES`) are missing. The file is parsed once.
 
     Raises
     ------
@@ -289,7 +300,7 @@ def read_csv(
         For a missing, empty or malformed file, a repeated or empty column name, a header
         without rows, and (with ``schema``) a bad value in a column the model reads.
     """
-    # A stream is read once, into bytes that the header checks and the parsers share.
+    # A stream is read once, into bytes that the header checks and the parser share.
     data = None if isinstance(source, str | Path) else source.read()
     source = Path(source) if data is None else io.BytesIO(data)
     name = name or str(source)
@@ -307,26 +318,37 @@ def read_csv(
             f"{name}: row 0 has {len(leading[1])} fields, the header {len(header)} names", row=0
         )
     reads = TabularSchema(tuple(c for c in (schema.columns if schema else ()) if c.name in header))
-    if not reads.columns:
-        return _read_inferred(source, name, None)
-    table = _read_text(source if data is None else pa.py_buffer(data), name, reads.names)
-    if table.num_rows == 0:
-        raise InputError(f"{name} has a header but no rows")
+    text = {*reads.names, *(c for c in as_text if c in header)}
+    if not isinstance(source, Path):
+        source.seek(0)
     try:
-        values = reads.coerce_text(table)
-    except InputError as exc:
-        if exc.row is None:
-            raise
-        where = f" (line {line_of(source, exc.row)} of the file)" if data is None else ""
-        raise InputError(f"{name}: {exc}{where}", column=exc.column, row=exc.row) from None
-    columns = {c.name: _as_read(c, values[c.name], table.column(c.name)) for c in reads.columns}
-    others = [c for c in header if c not in columns]
-    if others:
-        rest = _read_inferred(source, name, others)
-        if len(rest) != table.num_rows:  # not expected: both parsers skip blank lines alone
-            raise InputError(f"{name}: its rows could not be read alike; check its quoting")
-        columns.update({c: rest[c] for c in others})
-    return pd.DataFrame({c: columns[c] for c in header})
+        frame = pd.read_csv(
+            source,
+            dtype={c: str for c in text},
+            low_memory=False,
+            keep_default_na=False,
+            na_values={c: [""] if c in text else list(NA_VALUES) for c in header},
+        )
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{name} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
+    if frame.shape[0] == 0:
+        raise InputError(f"{name} has a header but no rows")
+    if reads.columns:
+        table = pa.table(
+            {c: pa.array(frame[c], pa.string(), from_pandas=True) for c in reads.names}
+        )
+        try:
+            values = reads.coerce_text(table)
+        except InputError as exc:
+            if exc.row is None:
+                raise
+            where = f" (line {line_of(source, exc.row)} of the file)" if data is None else ""
+            raise InputError(f"{name}: {exc}{where}", column=exc.column, row=exc.row) from None
+        for col in reads.columns:
+            frame[col.name] = _as_read(col, values[col.name], table.column(col.name))
+    return frame
 
 
 # Quoted values may hold line breaks, as pandas reads them; Arrow's block reader otherwise
@@ -377,41 +399,6 @@ def _plain_lines(path: Path, lines: int) -> bool:
     return True
 
 
-def _read_text(source: Path | pa.Buffer, name: str, names: list[str]) -> pa.Table:
-    """The columns ``names`` of a CSV file, as text (as the batch scorer reads them)."""
-    options = text_convert_options(names)
-    options.include_columns = names
-    try:
-        return pacsv.read_csv(
-            source if isinstance(source, Path) else pa.BufferReader(source),
-            parse_options=CSV_PARSE_OPTIONS,
-            convert_options=options,
-        )
-    except pa.ArrowInvalid as exc:
-        raise InputError(f"{name} is not well-formed CSV: {exc}") from None
-
-
-def _read_inferred(source: Path | BinaryIO, name: str, usecols: list[str] | None) -> pd.DataFrame:
-    """A CSV file read by pandas, which infers each column's type."""
-    if not isinstance(source, Path):
-        source.seek(0)
-    try:
-        frame = pd.read_csv(
-            source,
-            usecols=usecols,
-            low_memory=False,
-            keep_default_na=False,
-            na_values=list(NA_VALUES),
-        )
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{name} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
-    if frame.shape[0] == 0:
-        raise InputError(f"{name} has a header but no rows")
-    return frame
-
-
 def _as_read(col: Column, values: np.ndarray, text: pa.ChunkedArray) -> np.ndarray | pd.Series:
     """A column converted by :meth:`TabularSchema.coerce_text`, as a DataFrame holds it; the
     schema's checks read it back as the same numbers."""
@@ -441,7 +428,7 @@ def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
         try:
             parsed = pc.cast(values, pa.float64())
         except pa.ArrowInvalid:
-            parsed = pc.cast(_without_na_tokens(values), pa.float64())
+            parsed = pc.cast(without_na_tokens(values), pa.float64())
         parsed = parsed.to_numpy(zero_copy_only=False)
         if np.isinf(parsed).any():
             raise pa.ArrowInvalid("infinite value")
@@ -461,7 +448,8 @@ def _parse_text(values: pa.Array, col: Column) -> np.ndarray:
     return pc.cast(pc.less(spelled, n_true), pa.float64()).to_numpy(zero_copy_only=False)
 
 
-def _without_na_tokens(values: pa.Array) -> pa.Array:
+def without_na_tokens(values: pa.Array) -> pa.Array:
+    """Text with the missing-value tokens (:data:`NA_VALUES`) made null."""
     return pc.if_else(pc.is_in(values, _NA_ARROW), pa.nulls(len(values), pa.string()), values)
 
 
@@ -640,8 +628,12 @@ def _show(value: object, limit: int = 40) -> str:
     # much) would overflow the stack.
     try:
         text = _SHORT_REPR.repr(value)
-    except ValueError:  # an int of more digits than Python writes out (4,300)
-        text = f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+    except ValueError:  # an int of more digits than Python writes out (4,300), or holds one
+        text = (
+            f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
+            if isinstance(value, int)
+            else f"a {type(value).__name__} holding a huge integer"
+        )
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,13 +118,16 @@ def _on_line(exc: InputError, number: int) -> str:
 
 
 def parse_invocations(
-    body: bytes, content_type: str, schema: TabularSchema | None = None
+    body: bytes,
+    content_type: str,
+    schema: TabularSchema | None = None,
+    as_text: Sequence[str] = (),
 ) -> pd.DataFrame:
     """A DataFrame from a body in one of the formats ``mlflow models serve`` accepts; a CSV
-    body's ``schema`` columns (a table model's) read as ``anomaly score`` reads them."""
+    body read as ``anomaly score`` reads a file (see :func:`read_csv`)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/csv":
-        return read_csv(io.BytesIO(body), name="the CSV body", schema=schema)
+        return read_csv(io.BytesIO(body), name="the CSV body", schema=schema, as_text=as_text)
     if media != "application/json":
         raise InputError(f"unsupported content type {media!r}: use application/json or text/csv")
     data = _loads(body)

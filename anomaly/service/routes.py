@@ -176,8 +176,12 @@ async def invocations(request: Request, served: Model) -> Response:
     ``mlflow models serve`` takes them; answers ``{"predictions": [...]}`` with each row's input
     columns and its scores, as the MLflow pyfunc's ``predict`` returns them."""
     detector = served.detector
-    schema = detector.schema_ if detector.kind == "tabular" else None
-    frame = parse_invocations(await request.body(), request.headers.get("content-type", ""), schema)
+    frame = parse_invocations(
+        await request.body(),
+        request.headers.get("content-type", ""),
+        schema=detector.schema_ if detector.kind == "tabular" else None,
+        as_text=detector.schema_.text_columns if detector.kind == "sequence" else (),
+    )
     _check_count(request, len(frame))
     if served.detector.kind == "tabular":
         columns = served.detector.schema_.coerce(frame)
