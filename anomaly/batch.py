@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from anomaly.data.tabular import (
     CSV_PARSE_OPTIONS,
     csv_header,
+    first_ragged_row,
     line_of,
     text_convert_options,
     without_na_tokens,
@@ -416,7 +417,15 @@ def _read_blocks(stream, header: list[str], block_size: int, path: Path):
         )
         yield from reader
     except pa.ArrowInvalid as exc:
-        raise InputError(f"{path} is not well-formed CSV: {exc}") from None
+        ragged = first_ragged_row(path, len(header))
+        if ragged is None:
+            raise InputError(f"{path} is not well-formed CSV: {exc}") from None
+        row, fields = ragged
+        raise InputError(  # named by path and line where it is caught (_on_line)
+            f"row {row} has {fields} fields, the header {len(header)} names; write each "
+            "row's fields in full, empty ones too",
+            row=row,
+        ) from None
 
 
 def _output_table(batch: pa.RecordBatch, kept: list[str], result: dict) -> pa.Table:

@@ -251,3 +251,18 @@ def test_read_with_the_schema_refuses_what_the_batch_scorer_refuses(
     assert (batch.value.column, batch.value.row) == (read.value.column, read.value.row)
     assert (read.value.column, read.value.row) == (column, bad)
     assert str(batch.value).startswith(str(read.value))  # the batch scorer adds the line
+
+
+def test_a_short_row_is_named_by_row_and_line(fitted_ae, test_rows, tmp_path):
+    """Arrow refuses a row with fields left off (read_csv, like pandas, reads them missing):
+    the error says which row, on which line."""
+    lines = test_rows.head(1500).to_csv(index=False).splitlines()
+    lines[1201] = lines[1201].rsplit(",", 1)[0]  # data row 1200 loses its last field
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join(lines) + "\n")
+    width = len(test_rows.columns)
+    message = rf"row 1200 has {width - 1} fields, the header {width} names; .* \(line 1202 of"
+    with pytest.raises(InputError, match=message) as info:
+        score_csv(fitted_ae, path, tmp_path / "out.csv", block_size=16 << 10, progress=False)
+    assert info.value.row == 1200
+    assert not (tmp_path / "out.csv").exists()

@@ -386,6 +386,18 @@ def line_of(path: Path, row: int) -> int:
     return row + 2  # not reached for a row that was read
 
 
+def first_ragged_row(path: Path, n_fields: int) -> tuple[int, int] | None:
+    """The first data row (from 0) of ``path`` that has not ``n_fields`` fields, and how many
+    it has; None if every row has them. Read with the csv module: for errors only."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as text:
+        rows = (fields for fields in csv.reader(text) if fields)  # Arrow skips blank lines
+        next(rows, None)  # the header
+        for row, fields in enumerate(rows):
+            if len(fields) != n_fields:
+                return row, len(fields)
+    return None
+
+
 def _plain_lines(path: Path, lines: int) -> bool:
     """Whether the first ``lines`` lines of ``path`` are one record each: no quote, carriage
     return or blank line among them (a chunk at a time, stopping once they are seen)."""
