@@ -157,14 +157,6 @@ def test_empty_and_header_only_files(fitted_ae, test_rows, tmp_path):
     assert (tmp_path / "out.csv").read_text().strip().endswith("p_value,top_features")
 
 
-def test_ragged_rows_are_reported(fitted_ae, input_csv, tmp_path):
-    with open(input_csv, "a") as fh:
-        fh.write("1,2,3\n")
-    with pytest.raises(InputError, match="not well-formed CSV"):
-        score_csv(fitted_ae, input_csv, tmp_path / "out.csv", progress=False)
-    assert not (tmp_path / "out.csv").exists()
-
-
 def test_a_byte_order_mark_is_not_part_of_the_first_column(fitted_ae, test_rows, tmp_path):
     path = tmp_path / "excel.csv"
     path.write_bytes(b"\xef\xbb\xbf" + test_rows.head(30).to_csv(index=False).encode())
