@@ -123,10 +123,16 @@ def _median_mean_std(values: np.ndarray) -> tuple[float, float, float]:
     if np.isnan(values).all():
         return np.nan, np.nan, np.nan
     median = float(np.nanmedian(values))
-    filled = np.where(np.isnan(values), median, values)
+    return median, *mean_and_std(np.where(np.isnan(values), median, values))
+
+
+def mean_and_std(values: np.ndarray) -> tuple[float, float]:
+    """The mean and standard deviation of values without gaps, in float64; the deviation is
+    taken on rescaled values where squares overflow (past ~1e154), so it stays finite."""
+    values = np.asarray(values, dtype=np.float64)
     with np.errstate(over="ignore"):
-        mean, std = float(filled.mean()), float(filled.std())
-    if not np.isfinite(std):  # squares of values past ~1e154 overflow: rescale first
-        peak = float(np.abs(filled).max())
-        std = peak * float((filled / peak).std())
-    return median, mean, std
+        mean, std = float(values.mean()), float(values.std())
+    if not np.isfinite(std):
+        peak = float(np.abs(values).max())
+        std = peak * float((values / peak).std())
+    return mean, std

@@ -33,7 +33,7 @@ from anomaly.data.sequence import Segments, SequenceSchema
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
-from anomaly.preprocessing import STANDARDISED_LIMIT, _median_mean_std
+from anomaly.preprocessing import STANDARDISED_LIMIT, mean_and_std
 from anomaly.scoring import score_array
 
 log = logging.getLogger(__name__)
@@ -629,8 +629,8 @@ def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     overflow), in float64: in float32 the squares of values past ~1.8e19 overflow, the scale
     would be inf and every window score alike. NaN, a short segment's column without values
     (never in a window), is left out."""
-    stats = [_median_mean_std(col[~np.isnan(col)].astype(np.float64)) for col in values.T]
-    return np.array([m for _, m, _ in stats]), np.array([s for _, _, s in stats])
+    stats = [mean_and_std(col[~np.isnan(col)]) for col in values.T]
+    return np.array([m for m, _ in stats]), np.array([s for _, s in stats])
 
 
 def _calibrated(scores: np.ndarray, calibrator: Calibrator) -> dict[str, np.ndarray]:
