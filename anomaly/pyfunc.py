@@ -109,8 +109,8 @@ def signature(detector: Detector):
     accepts (numbers as integers, floats or text) and names the column and row of a bad value.
     For a table, trained columns are required and ignored ones (excluded, all missing at fit)
     optional, so that they pass through to the output as they do in ``anomaly score``. A
-    sequence model reads its time, series and value columns; an image model its ``image``
-    column.
+    sequence model reads its time, series and value columns, and the other columns of its
+    training data are optional likewise; an image model reads its ``image`` column.
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
@@ -124,6 +124,7 @@ def signature(detector: Detector):
         inputs = [ColSpec(AnyType(), IMAGE_COLUMN)]
     elif detector.kind == "sequence":
         inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
+        inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]
     else:
         inputs = [ColSpec(AnyType(), name) for name in detector.schema_.names]
         inputs += [ColSpec(AnyType(), name, required=False) for name in detector.schema_.ignored]

@@ -137,7 +137,7 @@ def scraped(client, sample: str) -> float:
 def test_invocations_pyfunc_and_cli_give_the_same_point_scores(
     model_dir, detector, series, tmp_path
 ):
-    rows = series.assign(host="h0").drop(columns=["label"])
+    rows = series.assign(host="h0")  # and a label, which the model does not read
     expected = detector.score(rows)
     with TestClient(create_app(settings(model_dir))) as client:
         split = {"columns": list(rows.columns), "data": rows.astype(object).to_numpy().tolist()}

@@ -58,9 +58,12 @@ class SequenceSchema:
     step: float = 1.0  # the typical step between observations (seconds for dates)
     max_gap: float = 5.0  # a step over max_gap * step starts a new segment
     # The format of date times (strptime's, ISO8601, MIXED or MIXED_DAY_FIRST), found at
-    # fit. None in models saved
-    # before it was kept: they read each time in whatever format it looks like, as they did.
+    # fit. None in models saved before it was kept: they read each time in whatever format it
+    # looks like, as they did.
     time_format: str | None = None
+    # The training data's other columns (labels, ids...): not read, but passed through to the
+    # output, where the MLflow signature would otherwise drop them.
+    ignored: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -97,6 +100,8 @@ class SequenceSchema:
             kind, time_format = "number", None
         else:
             kind, time_format = "datetime", _time_format(frame[timestamp], timestamp)
+        reads = {timestamp, series, *values}
+        ignored = tuple(str(c) for c in frame.columns if c not in reads)
         schema = cls(timestamp, tuple(values), series, kind, 1.0, float(max_gap), time_format)
         times = schema.seconds(frame[timestamp])
         ids = schema._series_ids(frame)
@@ -104,7 +109,9 @@ class SequenceSchema:
         steps = np.concatenate(steps) if steps else np.empty(0)
         steps = steps[steps > 0]
         step = float(np.median(steps)) if len(steps) else 1.0
-        return cls(timestamp, tuple(values), series, kind, step, float(max_gap), time_format)
+        return cls(
+            timestamp, tuple(values), series, kind, step, float(max_gap), time_format, ignored
+        )
 
     def prepare(self, frame: pd.DataFrame, *, window: int = 1, row_offset: int = 0) -> Segments:
         """Check, order and fill ``frame`` for windows of ``window`` points (by default, every
@@ -297,11 +304,14 @@ class SequenceSchema:
             "step": self.step,
             "max_gap": self.max_gap,
             "time_format": self.time_format,
+            "ignored": list(self.ignored),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> SequenceSchema:
-        return cls(**{**data, "values": tuple(data["values"])})
+        return cls(
+            **{**data, "values": tuple(data["values"]), "ignored": tuple(data.get("ignored", ()))}
+        )
 
 
 @dataclass
