@@ -88,6 +88,8 @@ def score_csv(
         the row, counted from 0 after the header). No output file is left behind.
     """
     input_path, output_path = Path(input_path), Path(output_path)
+    if detector.kind == "image":
+        raise InputError("an image model scores images, not a CSV file: see score_images")
     header = csv_header(input_path)
     if detector.kind == "sequence":
         return _score_series_csv(detector, input_path, output_path, header, block_size, progress)
@@ -318,7 +320,10 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
     goes, and so do the folders made for it: a failed run leaves everything as it was."""
     if output_path.is_dir():
         raise InputError(f"{output_path} is a folder; give the output a file name")
-    target = Path(os.path.abspath(output_path))  # "a/../b" is b, which may exist without a
+    if output_path.exists() and not output_path.is_file():  # renaming onto it would replace it
+        raise InputError(f"{output_path} is not a regular file (a device or pipe); give a file")
+    # A symlink's target is written, and the link stays; "a/../b" is b, though a may not exist.
+    target = Path(os.path.realpath(output_path))
     folder = target.parent
     missing = []
     while not folder.exists():

@@ -42,5 +42,10 @@ class RegistryError(AnomalyError):
     """A model URI that does not resolve: unknown model or alias, or an unreachable server."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The MLflow server could not be reached, or answered with an error of its own (5xx):
+    not the request's fault, and worth retrying later."""
+
+
 class PromotionLocked(RegistryError):
     """Another promotion of the same registered model held its lock for longer than we waited."""

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.detector import Detector
-from anomaly.errors import PromotionLocked, RegistryError
+from anomaly.errors import PromotionLocked, RegistryError, RegistryUnavailable
 from anomaly.persistence import META_FILE, load_detector_dir
 from anomaly.pyfunc import DATA_DIR, signature
 
@@ -644,7 +644,9 @@ def _check_reachable(uri: str) -> None:
         socket.create_connection((parsed.hostname, port), timeout=5).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise RegistryError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+        raise RegistryUnavailable(
+            f"cannot reach the MLflow tracking server at {uri}: {reason}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -656,4 +658,9 @@ def _mlflow_errors(what: str) -> Iterator[None]:
         yield
     except MlflowException as exc:
         reason = str(exc.message).strip().splitlines()[0] if exc.message else exc.error_code
-        raise RegistryError(f"{what}: {reason}") from None
+        error = RegistryUnavailable if exc.error_code in _SERVER_FAULTS else RegistryError
+        raise error(f"{what}: {reason}") from None
+
+
+# MLflow's error codes for a server at fault (HTTP 5xx, 429), not the request.
+_SERVER_FAULTS = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}

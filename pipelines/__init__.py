@@ -1,0 +1,12 @@
+"""Entry points for schedulers (cron, Airflow, Kubernetes Jobs): each exits 0 on success,
+:data:`BAD_INPUT` when retrying cannot help, :data:`UNAVAILABLE` when it may."""
+
+from anomaly.errors import AnomalyError, RegistryUnavailable
+
+BAD_INPUT = 2  # bad data, model or URI: the reason is logged; a retry would fail the same way
+UNAVAILABLE = 75  # EX_TEMPFAIL: the MLflow server was unreachable or failing; retry later
+
+
+def exit_code(exc: AnomalyError) -> int:
+    """The exit code for a job stopped by ``exc``."""
+    return UNAVAILABLE if isinstance(exc, RegistryUnavailable) else BAD_INPUT

@@ -4,7 +4,8 @@
 
 URI: a model directory, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model.
 
-Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 1 anything else.
+Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 75 the MLflow server
+unreachable or failing (retry), 1 anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from anomaly import AnomalyError
 from anomaly.batch import score_csv
 from anomaly.registry import load_detector
+from pipelines import exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = score_csv(detector, args.input, args.output, progress=False)
     except AnomalyError as exc:
         logging.error("%s", exc)
-        return 2
+        return exit_code(exc)
     logging.info(
         "scored %d rows, flagged %d, in %.1f s -> %s",
         summary.rows, summary.flagged, summary.seconds, summary.output,

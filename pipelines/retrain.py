@@ -10,7 +10,7 @@ Trains a challenger on the new normal rows and promotes it to ``champion`` only 
 the gate (see ``anomaly.retraining``). Runs and registry: ``MLFLOW_TRACKING_URI`` or ./mlflow.db.
 
 Exit codes: 0 promoted, 3 kept the champion (the gate refused), 2 bad input (incompatible
-schema, unknown model), 1 anything else.
+schema, unknown model), 75 the MLflow server unreachable or failing (retry), 1 anything else.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 
 from anomaly import AnomalyError
 from anomaly.retraining import MODES, retrain
+from pipelines import exit_code
 
-PROMOTED, KEPT, BAD_INPUT = 0, 3, 2
+PROMOTED, KEPT = 0, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except AnomalyError as exc:
         logging.error("%s", exc)
-        return BAD_INPUT
+        return exit_code(exc)
     for line in [*result.schema.lines(), *result.reasons]:
         logging.info("%s", line)
     decision = "promoted" if result.promoted else "kept the champion"

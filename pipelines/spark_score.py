@@ -8,7 +8,8 @@ same :meth:`Detector.score`: the rows come out with the scores ``anomaly score``
 is read as text, as ``anomaly score`` reads it, so both parse values the same way. The output is
 every input column plus ``anomaly_score``, ``is_anomaly``, ``p_value`` and ``top_features``.
 
-Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 1 anything else.
+Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 75 the MLflow server
+unreachable or failing (retry), 1 anything else.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from anomaly import AnomalyError, registry
 from anomaly.detector import RESULT_COLUMNS
 from anomaly.errors import InputError
+from pipelines import exit_code
 
 RESULT_TYPE = "anomaly_score float, is_anomaly boolean, p_value double, top_features string"
 
@@ -37,8 +39,13 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
     from pyspark.sql import functions as F
 
     ref = registry.resolve(model_uri)
+    detector = registry.load_detector(ref.path)
+    if detector.kind != "tabular":  # Spark's batches would cut a series; images are no rows
+        raise InputError(f"Spark scores table models; {model_uri} holds a {detector.kind} one")
+    if "://" not in input_path and not Path(input_path).exists():
+        raise InputError(f"no such file or folder: {input_path}")
     frame = _read(spark, input_path)
-    missing = [c for c in registry.load_detector(ref.path).schema_.names if c not in frame.columns]
+    missing = [c for c in detector.schema_.names if c not in frame.columns]
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         score(spark, args.model, args.input, args.output, args.format)
     except AnomalyError as exc:
         logging.error("%s", exc)
-        return 2
+        return exit_code(exc)
     finally:
         spark.stop()
     logging.info("scored %s -> %s", args.input, args.output)

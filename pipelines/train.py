@@ -5,7 +5,8 @@
 
 With --register, the run and the model go to MLflow (MLFLOW_TRACKING_URI, or ./mlflow.db).
 
-Exit codes: 0 trained, 2 bad input (the reason on stderr), 1 anything else.
+Exit codes: 0 trained, 2 bad input (the reason on stderr), 75 the MLflow server unreachable
+or failing (retry), 1 anything else.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from anomaly import AnomalyError, Detector, registry
 from anomaly.data import read_csv
+from pipelines import exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.info("registered %s version %s", args.register, logged.version)
     except AnomalyError as exc:
         logging.error("%s", exc)
-        return 2
+        return exit_code(exc)
     logging.info("trained %s; threshold %.6g", args.model, detector.threshold_)
     return 0
 

@@ -258,3 +258,15 @@ def test_a_short_row_is_named_by_row_and_line(fitted_ae, test_rows, tmp_path):
         score_csv(fitted_ae, path, tmp_path / "out.csv", block_size=16 << 10, progress=False)
     assert info.value.row == 1200
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_symlink_is_written_through_and_a_pipe_is_refused(fitted_ae, input_csv, tmp_path):
+    (tmp_path / "real.csv").write_text("old")
+    (tmp_path / "link.csv").symlink_to("real.csv")
+    score_csv(fitted_ae, input_csv, tmp_path / "link.csv", progress=False)
+    assert (tmp_path / "link.csv").is_symlink()  # the link stays; its target has the scores
+    assert pd.read_csv(tmp_path / "real.csv").shape[0] == pd.read_csv(input_csv).shape[0]
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(InputError, match="is not a regular file"):
+        score_csv(fitted_ae, input_csv, tmp_path / "pipe", progress=False)
+    assert not (tmp_path / "pipe").is_file()  # still the pipe

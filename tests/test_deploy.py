@@ -38,6 +38,8 @@ from anomaly.service.settings import Settings
 
 BIN = Path(sys.executable).parent
 K8S = DEPLOY / "k8s"
+# Prometheus Operator kinds: not in Kubernetes' schemas, and applied on their own.
+OPERATOR_MANIFESTS = {"podmonitor.yaml"}
 ENTRYPOINT = DEPLOY / "docker-entrypoint.sh"
 # Variables the entrypoint reads (the service's own are Settings fields).
 ENTRYPOINT_VARIABLES = {"ANOMALY_HOST", "ANOMALY_PORT", "ANOMALY_WORKERS", "ANOMALY_LOG_LEVEL"}
@@ -282,7 +284,7 @@ def manifests() -> dict[str, dict]:
     return {f.name: yaml.safe_load(f.read_text()) for f in files if f.name != "kustomization.yaml"}
 
 
-@pytest.mark.parametrize("name", sorted(manifests()))
+@pytest.mark.parametrize("name", sorted(set(manifests()) - OPERATOR_MANIFESTS))
 def test_manifest_matches_the_kubernetes_schema(name):
     kubernetes_validate.validate(
         manifests()[name], kubernetes_validate.latest_version(), strict=True
@@ -291,7 +293,7 @@ def test_manifest_matches_the_kubernetes_schema(name):
 
 def test_kustomization_lists_every_manifest_but_the_token_and_the_one_off_job():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    left_out = {"secret.yaml", "job-batch-score.yaml"}
+    left_out = {"secret.yaml", "job-batch-score.yaml"} | OPERATOR_MANIFESTS
     assert sorted(kustomization["resources"]) == sorted(set(manifests()) - left_out)
 
 
@@ -430,6 +432,56 @@ def test_service_down_alert_watches_the_scrape_job():
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     (down,) = [rule for rule in alert_rules() if rule.get("alert") == "AnomalyServiceDown"]
     assert re.search(r'job="(\w+)"', down["expr"])[1] in jobs
+
+
+def test_pod_monitor_scrapes_the_pods_as_the_job_the_alerts_watch():
+    """An annotation-based Kubernetes scrape names the job "kubernetes-pods"; the PodMonitor's
+    jobLabel names a pod label whose value is the job in the AnomalyServiceDown alert."""
+    (down,) = [rule for rule in alert_rules() if rule.get("alert") == "AnomalyServiceDown"]
+    job = re.search(r'job="(\w+)"', down["expr"])[1]
+    monitor = manifests()["podmonitor.yaml"]
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    template = by_kind()["Deployment"]["spec"]["template"]
+    pod_labels = template["metadata"]["labels"]
+    assert pod_labels[monitor["spec"]["jobLabel"]] == job
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (container,) = template["spec"]["containers"]
+    assert endpoint["port"] in {port["name"] for port in container["ports"]}
+    assert endpoint["path"] == template["metadata"]["annotations"]["prometheus.io/path"]
+
+
+def endpoint_matchers(expr: str, metric: str) -> list[str | None]:
+    """The endpoint=~ regex of each selector of METRIC in EXPR (None: no such matcher)."""
+    out = []
+    for matchers in re.findall(rf"\b{metric}\b(?:\{{([^}}]*)\}})?", expr):
+        found = re.search(r'endpoint=~"([^"]*)"', matchers)
+        out.append(found[1] if found else None)
+    return out
+
+
+def test_error_ratios_count_only_the_scoring_routes():
+    """Probes, the scrape and /v1/model always succeed and, at low traffic, outnumber scoring
+    requests: a 5xx ratio over every endpoint never reaches its level. Numerator and denominator
+    select the scoring router's routes (the endpoint label is the route template), no others."""
+    from anomaly.service.routes import operations, scoring
+
+    scoring_paths = {route.path for route in scoring.routes}
+    other_paths = {route.path for route in operations.routes} | {"unmatched"}
+    ratios = [expr for expr in all_queries() if re.search(r'status=~"5\.\."', expr)]
+    assert len(ratios) == 2  # the alert and the dashboard panel
+    for expr in ratios:
+        # the same in numerator and denominator
+        (regex,) = set(endpoint_matchers(expr, "anomaly_requests_total"))
+        assert regex is not None, expr
+        assert {p for p in scoring_paths | other_paths if re.fullmatch(regex, p)} == scoring_paths
+    latency = [expr for expr in all_queries() if "anomaly_request_duration_seconds" in expr]
+    assert latency
+    for expr in latency:
+        for regex in endpoint_matchers(expr, "anomaly_request_duration_seconds_bucket"):
+            assert regex is not None, expr
+            matched = {p for p in scoring_paths | other_paths if re.fullmatch(regex, p)}
+            assert matched and matched <= scoring_paths, expr
 
 
 # ---------------------------------------------------------------------------- grafana and names

@@ -6,6 +6,7 @@ import uuid
 import mlflow
 import pandas as pd
 import pytest
+from conftest import free_port
 from mlflow import MlflowClient
 
 from anomaly import registry
@@ -130,10 +131,14 @@ def test_finetune_keeps_the_champions_inputs_and_append_adds_its_data(champion, 
     assert rows == 5000 + 1600  # the champion's 5,000 rows and 80% of the new 2,000
 
 
-def test_scheduler_exit_codes(champion, tmp_path):
+def test_scheduler_exit_codes(champion, tmp_path, monkeypatch):
     make_service_metrics(300, seed=19).drop(columns=["cpu"]).to_csv(tmp_path / "bad.csv",
                                                                      index=False)  # fmt: skip
     assert retrain_pipeline.main(["--name", champion, "--data", str(tmp_path / "bad.csv")]) == 2
+    with monkeypatch.context() as patch:  # a server down is worth a retry: 75, not 2
+        patch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+        args = ["--name", champion, "--data", str(tmp_path / "bad.csv")]
+        assert retrain_pipeline.main(args) == 75
     drifted(make_service_metrics(3000, seed=20)).to_csv(tmp_path / "new.csv", index=False)
     args = ["--name", champion, "--data", str(tmp_path / "new.csv"), "--epochs", "30"]
     assert retrain_pipeline.main(args) == 0

@@ -3,6 +3,7 @@ scoring path, bad input, limits, auth, dynamic batching and hot reload."""
 
 import asyncio
 import json
+import math
 import shutil
 import time
 from urllib.parse import urlparse
@@ -395,4 +396,9 @@ def test_drift_is_measured_and_suggests_retraining(model_dir, fitted_vae):
         text = client.get("/metrics").text
         line = next(x for x in text.splitlines() if x.startswith("anomaly_score_drift "))
         assert float(line.split()[-1]) > 0.2
+        holder = client.app.state.holder  # a reload: the new version has no drift figure yet
+        holder.load()
+        text = client.get("/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("anomaly_score_drift "))
+        assert math.isnan(float(line.split()[-1]))
         assert "anomaly_recent_flag_rate " in text

@@ -84,3 +84,5 @@ def test_spark_bad_value_names_the_column(spark, model_uri, tmp_path):
     with pytest.raises(InputError, match="missing column 'cpu'"):
         rows.drop(columns=["cpu"]).to_csv(tmp_path / "nocpu.csv", index=False)
         spark_score.score(spark, model_uri, str(tmp_path / "nocpu.csv"), str(tmp_path / "out"))
+    with pytest.raises(InputError, match="no such file or folder"):
+        spark_score.score(spark, model_uri, str(tmp_path / "absent.csv"), str(tmp_path / "out"))

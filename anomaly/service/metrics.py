@@ -8,6 +8,7 @@ answers it.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -81,10 +82,10 @@ def publish_drift(drift) -> None:
     """Set the drift gauges from a snapshot (which sorts the window: done at scrape time, not
     per request). In multiprocess mode the gauges show the scraped worker's traffic."""
     snapshot = drift.snapshot()
-    if snapshot["psi"] is not None:
-        SCORE_DRIFT.set(snapshot["psi"])
-    if snapshot["flag_rate"] is not None:
-        RECENT_FLAG_RATE.set(snapshot["flag_rate"])
+    # NaN until the model now served has scored enough: a value kept from the model it
+    # replaced would go on firing the drift alert against the new one.
+    for gauge, value in ((SCORE_DRIFT, snapshot["psi"]), (RECENT_FLAG_RATE, snapshot["flag_rate"])):
+        gauge.set(math.nan if value is None else value)
 
 
 def show_model(name: str | None, version: str | None, threshold: float, before=None) -> None:
