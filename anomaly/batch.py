@@ -382,7 +382,9 @@ def score_images(
     frame, maps = detector.score_with_maps(images, names, maps=maps_dir is not None)
     output_path = Path(output_path)
     with _replacing(output_path) as out:
-        frame.to_csv(out, index=False, lineterminator="\n", encoding="utf-8")
+        # true/false, as the table and series outputs write them (pandas writes True/False)
+        flags = frame["is_anomaly"].map({True: "true", False: "false"})
+        frame.assign(is_anomaly=flags).to_csv(out, index=False, lineterminator="\n")
     if maps_dir is not None:
         save_overlays(images, maps, names, maps_dir, vmax=detector.map_scale_)
     flagged = int(frame["is_anomaly"].sum())

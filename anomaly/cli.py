@@ -56,6 +56,15 @@ class ThresholdKind(StrEnum):
     evt = "evt"
 
 
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
@@ -68,12 +77,29 @@ def _friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (AnomalyError, FileNotFoundError, FloatingPointError) as exc:
+        except (AnomalyError, FloatingPointError) as exc:
             _fail(str(exc))
-        except ValueError as exc:  # invalid settings that torch or numpy refuse (e.g. --device)
+        except OSError as exc:  # a missing file, a read-only folder, a full disk...
+            _fail(_os_message(exc))
+        except ValueError as exc:  # invalid settings that torch or numpy refuse
             _fail(str(exc))
 
     return wrapper
+
+
+def _os_message(exc: OSError) -> str:
+    """The path and the system's reason (``out/m: Permission denied``), or the message an
+    OSError was raised with."""
+    if exc.strerror and exc.filename is not None:
+        paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
+        return f"{paths}: {exc.strerror}"
+    return str(exc) or exc.strerror or type(exc).__name__
+
+
+def _below_one(value: float) -> float:
+    if value >= 1:
+        raise typer.BadParameter(f"{value} is not below 1")
+    return value
 
 
 @app.callback()
@@ -142,12 +168,16 @@ def train(
         str | None, typer.Option(help="Hidden widths, comma-separated, e.g. 64,32.")
     ] = None,
     latent: Annotated[int | None, typer.Option(help="Bottleneck size.")] = None,
-    dropout: Annotated[float, typer.Option(help="Dropout while training.")] = 0.0,
-    denoise: Annotated[float, typer.Option(help="Input noise std while training (0 = off).")] = 0.0,
-    beta: Annotated[float, typer.Option(help="KL weight of the VAE's loss.")] = 1.0,
+    dropout: Annotated[
+        float, typer.Option(min=0.0, callback=_below_one, help="Dropout while training, in [0, 1).")
+    ] = 0.0,
+    denoise: Annotated[
+        float, typer.Option(min=0.0, help="Input noise std while training (0 = off).")
+    ] = 0.0,
+    beta: Annotated[float, typer.Option(min=0.0, help="KL weight of the VAE's loss.")] = 1.0,
     calibration_fraction: Annotated[float, typer.Option(help="Rows held out to calibrate.")] = 0.2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
     timestamp_col: Annotated[
         str, typer.Option(help="Sequences: the time column (dates or numbers).")
     ] = "timestamp",
@@ -171,6 +201,15 @@ def train(
         raise AnomalyError("say where the model goes: --out DIR, --register NAME, or both")
     if model is ModelKind.linear and modality is not Modality.table:
         raise AnomalyError(f"{modality.value} models are ae or vae, not linear")
+    # Whatever would refuse the result is asked before training, not hours after it.
+    if out is not None:
+        from anomaly.persistence import check_target
+
+        check_target(out)
+    if register is not None:
+        from anomaly import registry
+
+        registry._client()  # an unreachable tracking server fails now
     common = dict(
         model=model.value,
         target_fpr=target_fpr,
@@ -277,14 +316,16 @@ def score_command(
         Path | None,
         typer.Option(help="Images: also write each image's anomaly map over it, as PNGs here."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, auto, cuda, cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, auto, cuda, cuda:N or mps.")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Score a CSV file of any size (every input column plus the scores), or images (a row per
     image: path and scores)."""
     from anomaly.batch import score_csv, score_images
     from anomaly.registry import load_detector
+    from anomaly.training import resolve_device
 
+    resolve_device(device)  # a bad --device fails before a model is downloaded
     detector = load_detector(model, device=device)
     if detector.kind == "image":
         summary = score_images(detector, data, out, maps_dir=maps)
@@ -348,8 +389,8 @@ def evaluate(
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     reload_interval: Annotated[
         float | None,
         typer.Option(
@@ -357,7 +398,7 @@ def serve(
             "ANOMALY_RELOAD_INTERVAL, else 30)."
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level.")] = LogLevel.info,
 ) -> None:
     """Serve the model over HTTP (FastAPI on uvicorn). More settings: ANOMALY_* variables."""
     import contextlib
@@ -392,7 +433,7 @@ def serve(
         # CPU-limited machine that takes longer than uvicorn's 5 s default, and the worker
         # would be killed.
         uvicorn.run("anomaly.service.app:create_app", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level,
+                    workers=workers, log_level=log_level.value,
                     timeout_worker_healthcheck=60)  # fmt: skip
 
 
@@ -427,9 +468,10 @@ def retrain(
         ),
     ] = 2.0,
     max_auroc_drop: Annotated[
-        float, typer.Option(help="How far the challenger's AUROC may fall below the champion's.")
+        float,
+        typer.Option(min=0.0, help="How far the challenger's AUROC may fall below the champion's."),
     ] = 0.01,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
 ) -> None:
     """Train a challenger on new normal data; promote it only if it passes the gate.
 

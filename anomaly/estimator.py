@@ -51,7 +51,9 @@ class AutoencoderDetector:
         return "elbo" if self.model == "vae" else "reconstruction"
 
     def _check_score(self) -> None:
-        """The score settings, checked alike for every detector."""
+        """The score settings, and the settings every detector shares (:meth:`_check_shared`),
+        checked alike for every detector (each one's ``_check_params`` calls this)."""
+        self._check_shared()
         method = self._score_method()
         if method not in SCORE_METHODS:
             raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")
@@ -61,6 +63,19 @@ class AutoencoderDetector:
             raise InputError(f"n_samples must be at least 0, got {self.n_samples}")
         if method == "iwae" and self.n_samples < 1:
             raise InputError(f"score 'iwae' needs n_samples of at least 1, got {self.n_samples}")
+
+    def _check_shared(self) -> None:
+        """Layer sizes, regularisation, seed and device: the same rule for every detector."""
+        if self.latent is not None and self.latent < 1:
+            raise InputError(f"latent must be at least 1, got {self.latent}")
+        if isinstance(self.hidden, list | tuple) and any(int(h) < 1 for h in self.hidden):
+            raise InputError(f"hidden widths must be at least 1, got {tuple(self.hidden)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("denoise", "beta", "seed"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name} must be at least 0, got {getattr(self, name)}")
+        resolve_device(self.device)  # an unknown or absent device is refused before any work
 
     def _initial_module(
         self, warm_start_from: AutoencoderDetector | None, architecture: Callable[[], dict]
@@ -159,7 +174,13 @@ class AutoencoderDetector:
         det.architecture_ = meta["architecture"]
         det.device_ = resolve_device(device)
         det.module_ = det._build_module(det.architecture_)
-        det.module_.load_state_dict(tensors)
+        try:
+            det.module_.load_state_dict(tensors)
+        except RuntimeError as exc:  # weights of another shape than the JSON describes
+            reason = str(exc).strip().splitlines()[0]
+            raise ModelFormatError(
+                f"{path}: the weights do not fit the architecture: {reason}"
+            ) from None
         det.module_.to(det.device_).eval()
         det.history_ = meta["history"]
         det.training_summary_ = meta["training"]

@@ -13,6 +13,7 @@ half-written model.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from anomaly.errors import ModelFormatError
@@ -30,10 +32,10 @@ WEIGHTS_FILE = "weights.safetensors"
 
 
 def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write ``meta`` and ``tensors`` to the directory ``path``, replacing it atomically."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ModelFormatError(f"{path} is a file, not a model directory; not replacing it")
+    """Write ``meta`` and ``tensors`` to the directory ``path``, replacing it atomically; a
+    symlink's target is replaced (the link stays)."""
+    path = Path(os.path.realpath(path))
+    check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = hidden_sibling(path)
     staging.mkdir()  # as any new folder: its permissions follow the umask (mkdtemp's: 0o700)
@@ -43,10 +45,7 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
         with open(staging / META_FILE, "w") as fh:
             json.dump({"format_version": FORMAT_VERSION, **meta}, fh, indent=1)
         if path.exists():
-            if not (path / META_FILE).exists() and any(path.iterdir()):
-                raise ModelFormatError(
-                    f"{path} exists and is not a model directory; not replacing it"
-                )
+            check_target(path)  # again: it may have changed while the weights were written
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -58,6 +57,23 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def check_target(path: str | Path) -> None:
+    """Refuse to save a model over ``path`` when it is a file or a non-empty folder that does
+    not hold a model (callers check this before a long training run, too)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelFormatError(f"{path} is a file, not a model directory; not replacing it")
+    if path.is_dir() and not (path / META_FILE).exists() and any(path.iterdir()):
+        raise ModelFormatError(f"{path} exists and is not a model directory; not replacing it")
+    # The model is written beside its place and renamed: the nearest existing folder above
+    # must be a folder we may write in.
+    parent = next(p for p in Path(os.path.realpath(path)).parents if p.exists())
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
 
 
 def hidden_sibling(path: Path) -> Path:
@@ -82,7 +98,11 @@ def load_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ModelFormatError(
             f"{path} has model format {version!r}; this version of anomaly reads {FORMAT_VERSION}"
         )
-    return meta, load_file(weights_path, device="cpu")
+    try:
+        tensors = load_file(weights_path, device="cpu")
+    except SafetensorError as exc:  # truncated, or not safetensors at all
+        raise ModelFormatError(f"{weights_path} is not a valid safetensors file: {exc}") from None
+    return meta, tensors
 
 
 # Which class reads each kind of model directory, by the "kind" its JSON records.

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from anomaly.errors import InputError
 from anomaly.scoring import training_loss
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,30 @@ class TrainConfig:
         return asdict(self)
 
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` means CUDA when present, else CPU; anything else is passed to torch."""
+    """``auto`` means CUDA when present, else CPU; else one of :data:`DEVICE_FORMS`, which
+    must be present here. Anything else is an :class:`~anomaly.errors.InputError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available here")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # "tpu", "cpu:abc": torch's own words are about C++
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {name!r}; use {DEVICE_FORMS}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} was asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(
+                f"device {name!r} was asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {name!r} was asked for, but MPS is not available here")
     return device
 
 

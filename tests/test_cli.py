@@ -107,3 +107,104 @@ def test_help_and_the_package_import_neither_torch_nor_pandas():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert anomaly("--help").returncode == 0
+
+
+# In-process (CliRunner) from here: refusals that must come before any work, in a second.
+def _run(*args: str):
+    from typer.testing import CliRunner
+
+    from anomaly.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "D", "-o", "M", "--device", "tpu"], "unknown device 'tpu'; use auto, cpu"),
+        (["train", "D", "-o", "M", "--device", "cpu:abc"], "unknown device 'cpu:abc'"),
+        (["train", "D", "-o", "M", "--hidden", "-3,2"], "hidden widths must be at least 1"),
+        (["train", "D", "-o", "M", "--hidden", "0"], "hidden widths must be at least 1"),
+        (["train", "D", "-o", "M", "--latent", "0"], "latent must be at least 1, got 0"),
+        (["train", "D", "-o", "M", "--latent", "-1"], "latent must be at least 1, got -1"),
+        (["train", "D", "-o", "M", "--beta", "-1"], "'--beta'"),
+        (["train", "D", "-o", "M", "--dropout", "1"], "'--dropout'"),
+        (["train", "D", "-o", "M", "--dropout", "-0.1"], "'--dropout'"),
+        (["train", "D", "-o", "M", "--denoise", "-1"], "'--denoise'"),
+        (["train", "D", "-o", "M", "--seed", "-1"], "'--seed'"),
+        (["retrain", "D", "--name", "x", "--max-auroc-drop", "-1"], "'--max-auroc-drop'"),
+        (["retrain", "D", "--name", "x", "--seed", "-1"], "'--seed'"),
+        (["serve", "-m", "M", "--log-level", "loud"], "'--log-level'"),
+        (["serve", "-m", "M", "--port", "0"], "'--port'"),
+        (["serve", "-m", "M", "--port", "65536"], "'--port'"),
+        (["serve", "-m", "M", "--workers", "0"], "'--workers'"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line_before_any_work(tmp_path, args, message):
+    make_service_metrics(20, seed=0).to_csv(tmp_path / "d.csv", index=False)
+    paths = {"D": str(tmp_path / "d.csv"), "M": str(tmp_path / "m")}
+    done = _run(*(paths.get(a, a) for a in args))
+    assert done.exit_code == 2, done.output
+    assert isinstance(done.exception, SystemExit)  # no traceback
+    assert message in " ".join(done.stderr.split()).replace("│ │", "")
+    assert "trained" not in done.stdout
+    assert not (tmp_path / "m").exists()
+
+
+def test_score_refuses_an_unknown_device_in_one_line(tmp_path):
+    done = _run("score", "x.csv", "-m", str(tmp_path), "-o", "o.csv", "--device", "tpu")
+    assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+    assert done.stderr.strip() == "error: unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"
+
+
+def test_an_unusable_out_or_registry_is_refused_before_training(tmp_path, monkeypatch):
+    from conftest import free_port
+
+    make_service_metrics(50, seed=0).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "f").write_text("not a folder")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    train = ("train", str(tmp_path / "d.csv"), "-x", "host_id", "-x", "timestamp", "-x",
+             "label", "--epochs", "1")  # fmt: skip
+    for out, message in [
+        (tmp_path / "f", f"{tmp_path / 'f'} is a file, not a model directory"),
+        (tmp_path / "other", f"{tmp_path / 'other'} exists and is not a model directory"),
+        (tmp_path / "f" / "m", f"error: {tmp_path / 'f'}: Not a directory"),
+    ]:
+        done = _run(*train, "--out", str(out))
+        assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+        assert message in done.stderr
+        assert "trained" not in done.stdout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    done = _run(*train, "--register", "unreachable")
+    assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+    assert "cannot reach the MLflow tracking server" in done.stderr
+    assert "trained" not in done.stdout
+
+
+def test_os_errors_are_one_line_with_the_path(tmp_path, monkeypatch):
+    import anomaly.persistence
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(anomaly.persistence, "check_target", refuse)
+    done = _run("train", str(tmp_path / "d.csv"), "--out", str(tmp_path / "ro" / "m"))
+    assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+    assert done.stderr.strip() == f"error: {tmp_path / 'ro' / 'm'}: Permission denied"
+
+
+def test_truncated_weights_are_one_line_naming_the_file(tmp_path):
+    from anomaly import Detector
+
+    rows = make_service_metrics(200, seed=0)
+    det = Detector(exclude=("host_id", "timestamp", "label"), epochs=1, progress=False)
+    det.fit(rows).save(tmp_path / "m")
+    weights = tmp_path / "m" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5])
+    rows.to_csv(tmp_path / "d.csv", index=False)
+    done = _run("score", str(tmp_path / "d.csv"), "-m", str(tmp_path / "m"), "-o",
+                str(tmp_path / "o.csv"))  # fmt: skip
+    assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+    assert done.stderr.startswith(f"error: {weights} is not a valid safetensors file")
+    assert len(done.stderr.strip().splitlines()) == 1

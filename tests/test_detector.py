@@ -135,6 +135,35 @@ def test_bad_parameters_are_refused_at_fit(normal_rows):
         Detector().fit(normal_rows.head(3).drop(columns=["timestamp"]))
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"latent": 0}, "latent must be at least 1, got 0"),
+        ({"latent": -1}, "latent must be at least 1, got -1"),
+        ({"hidden": (-3, 2)}, r"hidden widths must be at least 1, got \(-3, 2\)"),
+        ({"hidden": (0,)}, "hidden widths must be at least 1"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, "dropout must be in"),
+        ({"beta": -1.0}, "beta must be at least 0, got -1.0"),
+        ({"denoise": -0.5}, "denoise must be at least 0"),
+        ({"seed": -1}, "seed must be at least 0"),
+        ({"device": "tpu"}, "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
+        ({"device": "cpu:abc"}, "unknown device 'cpu:abc'"),
+    ],
+)
+def test_sizes_regularisation_seed_and_device_are_refused_at_fit(normal_rows, params, message):
+    with pytest.raises(InputError, match=message):
+        Detector(exclude=EXCLUDE, epochs=1, **params).fit(normal_rows.head(50))
+
+
+def test_truncated_weights_are_a_model_format_error_naming_the_file(fitted_ae, tmp_path):
+    fitted_ae.save(tmp_path / "m")
+    weights = tmp_path / "m" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelFormatError, match=f"{weights} is not a valid safetensors file"):
+        Detector.load(tmp_path / "m")
+
+
 def test_calibration_data_is_used_when_given(normal_rows):
     cal = make_service_metrics(500, seed=9)
     det = Detector(exclude=EXCLUDE, epochs=2).fit(normal_rows, calibration_data=cal)

@@ -76,6 +76,8 @@ def test_cli_trains_scores_and_draws_maps_and_every_path_agrees(folders, tmp_pat
     bad = scores["path"].str.contains("bad")
     assert scores.loc[bad, "anomaly_score"].min() > scores.loc[~bad, "anomaly_score"].median()
     assert scores.loc[bad, "is_anomaly"].mean() > 0.8
+    flags = pd.read_csv(tmp_path / "scores.csv", dtype=str)["is_anomaly"]
+    assert set(flags) == {"true", "false"}  # written as the table and series outputs are
     written = sorted(p.name for p in (tmp_path / "maps").iterdir())
     assert len(written) == 40 and written[0] == "bad00_map.png"
     assert Image.open(tmp_path / "maps" / written[0]).size == (SIZE, SIZE)

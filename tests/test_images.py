@@ -435,3 +435,24 @@ def test_a_maps_path_that_is_a_file_is_refused_before_scoring(fitted, tmp_path):
     with pytest.raises(InputError, match=r"scores\.csv: not a folder"):
         score_images(fitted, tmp_path / "in", out, maps_dir=taken)
     assert not out.exists()  # refused before any score was written
+
+
+def test_saving_onto_a_symlinked_folder_replaces_its_target(tmp_path):
+    """A `current -> v3` layout: the model is written into v3; the link stays."""
+    from anomaly.persistence import load_model_dir, save_model_dir
+
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "current").symlink_to("v3")
+    save_model_dir(tmp_path / "current", {"kind": "test"}, {"w": torch.zeros(2)})
+    assert (tmp_path / "current").is_symlink()
+    assert load_model_dir(tmp_path / "v3")[0]["kind"] == "test"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]  # nothing stray
+
+
+def test_an_image_model_refuses_a_csv_file(tmp_path):
+    from anomaly.batch import score_csv
+
+    (tmp_path / "rows.csv").write_text("a\n1\n")
+    detector = ImageDetector.__new__(ImageDetector)  # the kind alone decides: no fit needed
+    with pytest.raises(InputError, match="an image model scores images, not a CSV file"):
+        score_csv(detector, tmp_path / "rows.csv", tmp_path / "out.csv", progress=False)

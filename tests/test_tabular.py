@@ -346,3 +346,4 @@ def test_values_too_deep_or_too_long_to_print_are_shown_short():
     assert _show(deep) == "[[[[[...]]]]]"
     assert _show(10**5000) == "an integer of about 5000 digits"
     assert _show([10**5000]) == "a list holding a huge integer"
+    assert _show(np.float64("nan")) == "nan" and _show(np.int64(3)) == "3"

@@ -638,6 +638,8 @@ def _show(value: object, limit: int = 40) -> str:
     """A value for an error message, cut short: errors never echo whole payloads."""
     # reprlib stops at a depth, where repr of a list nested 1,000 deep (orjson takes that
     # much) would overflow the stack.
+    if isinstance(value, np.generic):  # np.float64(nan) reads as nan, as the user wrote it
+        value = value.item()
     try:
         text = _SHORT_REPR.repr(value)
     except ValueError:  # an int of more digits than Python writes out (4,300), or holds one
