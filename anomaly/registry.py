@@ -522,6 +522,8 @@ def promote(name: str, version: str | int, alias: str = CHAMPION) -> str | None:
     version = str(version)
     with _mlflow_errors(f"model {name!r} has no version {version}"):
         client.get_model_version(name, version)
+    # A version this package cannot load would break every service and job on the alias.
+    resolve(f"models:/{name}/{version}")
     with _mlflow_errors(f"cannot move the alias {alias!r} of {name!r}"):
         aliases = client.get_registered_model(name).aliases
         old = aliases.get(alias)

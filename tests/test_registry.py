@@ -210,3 +210,13 @@ def test_a_store_missing_its_package_names_the_package():
         registry._download_errors(uri),
     ):
         raise ImportError("wasbs requires the azure-storage-blob package")  # no module name
+
+
+def test_a_version_that_cannot_load_is_not_promoted(fitted_ae, tmp_path):
+    name = new_name()
+    registry.log_detector(fitted_ae, register=name)
+    (tmp_path / "bogus").mkdir()
+    MlflowClient().create_model_version(name, source=str(tmp_path / "bogus"))
+    with pytest.raises(RegistryError, match=f"models:/{name}/2 is not an MLflow model"):
+        registry.promote(name, 2)
+    assert MlflowClient().get_registered_model(name).aliases == {"champion": 1}
