@@ -25,7 +25,10 @@ app = typer.Typer(
 )
 
 
-MODEL_HELP = "Model: a directory, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model."
+MODEL_HELP = (
+    "Model: a directory, models:/NAME@ALIAS, models:/NAME/VERSION, models:/MODEL_ID or "
+    "runs:/RUN_ID/model."
+)
 
 
 class ModelKind(StrEnum):

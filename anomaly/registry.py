@@ -48,6 +48,7 @@ LOADER_MODULE = "anomaly.pyfunc"
 REPLACED_TAG = "anomaly.replaced_version"
 # How long a gated promotion waits for another one to finish before giving up.
 PROMOTION_WAIT_S = 30.0
+LOCK_SUFFIX = "--promotion-lock"  # the registered model NAME--promotion-lock is NAME's lock
 _PROJECTION_ROWS = 5000
 
 
@@ -489,6 +490,7 @@ def list_models() -> list[dict]:
             "aliases": dict(m.aliases),
         }
         for m in models
+        if not m.name.endswith(LOCK_SUFFIX)  # a promotion in progress, not a model
     ]
 
 
@@ -572,7 +574,7 @@ def _promotion_lock(client, name: str, wait_s: float, lease_s: float) -> Iterato
 
     from mlflow.exceptions import MlflowException
 
-    lock = f"{name}--promotion-lock"
+    lock = f"{name}{LOCK_SUFFIX}"
     deadline = time.monotonic() + wait_s
     while True:
         try:

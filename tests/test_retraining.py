@@ -211,13 +211,17 @@ def test_racing_promotions_leave_one_winner(fitted_ae):
     assert sorted(promoted for promoted, _ in outcomes) == [False, True]
     winner = "2" if outcomes[0][0] else "3"
     assert aliases(name) == {"champion": winner, "previous": "1"}
-    assert name + "--promotion-lock" not in {m["name"] for m in registry.list_models()}
+    assert name + "--promotion-lock" not in {
+        m.name for m in MlflowClient().search_registered_models()
+    }
 
 
 def test_a_promotion_holding_the_lock_fails_the_gate(champion, monkeypatch):
     """Another promotion still holds the lock: a gate failure (the scheduler's exit 3), with its
     record logged, and the champion where it was."""
     MlflowClient().create_registered_model(champion + "--promotion-lock")
+    listed = {m["name"] for m in registry.list_models()}
+    assert champion in listed and champion + "--promotion-lock" not in listed  # not a model
     monkeypatch.setattr(registry, "PROMOTION_WAIT_S", 0.3)
     new = make_service_metrics(1500, seed=24)
     result = retrain(champion, new, epochs=2, rules=GateRules(max_fpr_ratio=50.0))
