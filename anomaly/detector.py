@@ -146,6 +146,7 @@ class Detector(AutoencoderDetector):
     def _check_params(self) -> None:
         if self.model not in MODELS:
             raise InputError(f"unknown model {self.model!r}; choose one of {MODELS}")
+        self._check_shared()
         self._check_score()
         for name in ("calibration_fraction", "validation_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:

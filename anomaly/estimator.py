@@ -51,9 +51,7 @@ class AutoencoderDetector:
         return "elbo" if self.model == "vae" else "reconstruction"
 
     def _check_score(self) -> None:
-        """The score settings, and the settings every detector shares (:meth:`_check_shared`),
-        checked alike for every detector (each one's ``_check_params`` calls this)."""
-        self._check_shared()
+        """The score settings, checked alike for every detector."""
         method = self._score_method()
         if method not in SCORE_METHODS:
             raise InputError(f"unknown score {method!r}; choose one of {SCORE_METHODS}")

@@ -174,6 +174,7 @@ class ImageDetector(AutoencoderDetector):
     def _check_params(self) -> None:
         if self.model not in MODELS:
             raise InputError(f"unknown model {self.model!r}; choose one of {MODELS}")
+        self._check_shared()
         self._check_score()
         if self.channels not in (1, 3):
             raise InputError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")

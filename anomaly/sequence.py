@@ -147,6 +147,7 @@ class SequenceDetector(AutoencoderDetector):
             raise InputError(f"unknown model {self.model!r}; choose 'ae' or 'vae'")
         if self.arch not in ARCHS:
             raise InputError(f"unknown arch {self.arch!r}; choose one of {ARCHS}")
+        self._check_shared()
         self._check_score()
         if self.window < 2:
             raise InputError(f"window must be at least 2, got {self.window}")

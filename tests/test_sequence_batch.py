@@ -76,23 +76,30 @@ def test_a_file_in_time_order_gets_the_whole_files_scores(
     assert [r[: len(rows_in[0])] for r in rows_out] == rows_in
 
 
-def test_points_come_out_while_the_stream_goes_on(fitted, in_time, small_passes):
-    """Rows waiting for their scores stay few: a few windows per series, not the stream."""
-    schema, piece_rows = fitted.schema_, 100
-    consumed, pending = 0, []
-    scored_rows = []
+def _streamed(detector, frame: pd.DataFrame, piece_rows: int) -> tuple[list, list[int]]:
+    """``frame`` scored as a stream of pieces of ``piece_rows`` rows: the (rows, results) that
+    came out, and after each, how many rows read were still waiting for their scores."""
+    consumed, batches, pending = 0, [], []
 
     def pieces():
         nonlocal consumed
-        for start in range(0, len(in_time), piece_rows):
-            part = in_time.iloc[start : start + piece_rows]
+        for start in range(0, len(frame), piece_rows):
+            part = frame.iloc[start : start + piece_rows]
             consumed += len(part)
-            yield (np.arange(start, start + len(part)), *schema.parse(part, row_offset=start))
+            rows = np.arange(start, start + len(part))
+            yield (rows, *detector.schema_.parse(part, row_offset=start))
 
-    for rows, _ in fitted.score_time_ordered(pieces()):
-        scored_rows.append(rows)
-        pending.append(consumed - sum(map(len, scored_rows)))
-    scored = np.concatenate(scored_rows)
+    for rows, results in detector.score_time_ordered(pieces()):
+        batches.append((rows, results))
+        pending.append(consumed - sum(len(rows) for rows, _ in batches))
+    return batches, pending
+
+
+def test_points_come_out_while_the_stream_goes_on(fitted, in_time, small_passes):
+    """Rows waiting for their scores stay few: a few windows per series, not the stream."""
+    piece_rows = 100
+    batches, pending = _streamed(fitted, in_time, piece_rows)
+    scored = np.concatenate([rows for rows, _ in batches])
     assert np.array_equal(np.sort(scored), np.arange(len(in_time)))
     # Each of 3 series waits for 8 windows' worth of final points, keeps ~2 windows of
     # context, and h1 waits out its run of 40 missing values.
@@ -136,19 +143,8 @@ def test_sensors_logged_on_rows_of_their_own_come_out_while_the_stream_goes_on(
     frame = frame.drop(index=h1[300:320]).reset_index(drop=True)  # a gap in h1
     assert not frame[["temp", "hum"]].notna().all(axis=1).any()
 
-    schema, piece_rows, consumed = detector.schema_, 50, 0
-    batches, pending = [], []
-
-    def pieces():
-        nonlocal consumed
-        for start in range(0, len(frame), piece_rows):
-            part = frame.iloc[start : start + piece_rows]
-            consumed += len(part)
-            yield (np.arange(start, start + len(part)), *schema.parse(part, row_offset=start))
-
-    for rows, results in detector.score_time_ordered(pieces()):
-        batches.append((rows, results))
-        pending.append(consumed - sum(len(rows) for rows, _ in batches))
+    piece_rows = 50
+    batches, pending = _streamed(detector, frame, piece_rows)
     rows = np.concatenate([rows for rows, _ in batches])
     assert np.array_equal(np.sort(rows), np.arange(len(frame)))
     expected = detector.score(frame)
