@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks and figures in one go, for a machine with a CUDA GPU and PyTorch on it:
 #   bash benchmarks/gpu.sh DATA_DIR OUT_DIR
-# DATA_DIR holds ADBench's npz files (../shared/data/adbench here); results land in OUT_DIR.
+# DATA_DIR holds ADBench's 10_cover.npz (../shared/data/adbench here); results land in OUT_DIR.
 set -uo pipefail
 data=${1:?DATA_DIR}
 out=${2:?OUT_DIR}
@@ -17,3 +17,8 @@ timeout 150 python3 -m benchmarks.throughput --data "$data" --device cuda --rows
 # Issue 5's GPU figures: windows/s and images/s, training and scoring
 timeout 200 python3 -m benchmarks.modalities --device cuda --series 4 --points 200000 \
     --images 60000 --epochs 5 2>&1 | tee "$out/modalities.md"
+# Issue 2's batch CSV figures on this machine's cores, then with the model's pass on the GPU
+timeout 150 python3 -m benchmarks.batch_csv --rss-rows --work /tmp/bb --keep 2>&1 \
+    | tee "$out/batch_cpu.md"
+timeout 120 python3 -m benchmarks.batch_csv --rss-rows --work /tmp/bb --device cuda 2>&1 \
+    | tee "$out/batch_cuda.md"
