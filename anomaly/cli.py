@@ -198,6 +198,7 @@ def train(
     ] = SequenceArch.conv,
     size: Annotated[int, typer.Option(help="Images: resized to SIZE x SIZE pixels.")] = 32,
     channels: Annotated[int, typer.Option(help="Images: 1 (grey) or 3 (RGB).")] = 1,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a detector on normal data, calibrate its threshold; save it and/or register it."""
     if out is None and register is None:
@@ -228,7 +229,7 @@ def train(
         calibration_fraction=calibration_fraction,
         device=device,
         seed=seed,
-        progress=True,
+        progress=progress,
     )
     if modality is Modality.image:
         from anomaly.image import ImageDetector
@@ -475,6 +476,7 @@ def retrain(
         typer.Option(min=0.0, help="How far the challenger's AUROC may fall below the champion's."),
     ] = 0.01,
     seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a challenger on new normal data; promote it only if it passes the gate.
 
@@ -494,7 +496,7 @@ def retrain(
         rules=GateRules(max_fpr_ratio=max_fpr_ratio, max_auroc_drop=max_auroc_drop),
         epochs=epochs,
         seed=seed,
-        progress=True,
+        progress=progress,
     )
     for note in result.schema.lines():
         typer.echo(f"schema: {note}")

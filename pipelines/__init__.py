@@ -1,7 +1,12 @@
 """Entry points for schedulers (cron, Airflow, Kubernetes Jobs): each exits 0 on success,
 :data:`BAD_INPUT` when retrying cannot help, :data:`UNAVAILABLE` when it may."""
 
+import os
+
 from anomaly.errors import AnomalyError, RegistryUnavailable
+
+# A scheduler's log is no terminal: MLflow's per-file download bars would fill it.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 BAD_INPUT = 2  # bad data, model or URI: the reason is logged; a retry would fail the same way
 UNAVAILABLE = 75  # EX_TEMPFAIL: the MLflow server was unreachable or failing; retry later

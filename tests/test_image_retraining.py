@@ -72,10 +72,12 @@ def test_a_new_look_promotes_the_challenger_from_the_cli(champion, tmp_path):
     bad = folder(tmp_path / "bad", pictures(40, seed=2, flipped=True, defect=True))
     cli = shutil.which("anomaly", path=str(sys.executable).rsplit("/", 1)[0])
     done = subprocess.run(
-        [cli, "retrain", str(new), "--name", name, "--anomalies", str(bad), "--epochs", "20"],
+        [cli, "retrain", str(new), "--name", name, "--anomalies", str(bad), "--epochs", "20",
+         "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "epoch/s" not in done.stderr  # no training bar
     assert "promoted" in done.stdout
     assert aliases(name) == {"champion": "2", "previous": "1", "challenger": "2"}
     run_id = done.stdout.rsplit("run ", 1)[1].split()[0]

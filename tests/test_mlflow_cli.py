@@ -146,3 +146,16 @@ def test_retrain_refuses_an_incompatible_schema_in_one_line(workdir, registered)
     )
     done = anomaly("rollback", registered)
     assert done.returncode == 2 and "no 'previous' version" in done.stderr
+
+
+def test_the_batch_pipeline_logs_no_mlflow_download_bars(workdir, registered, tmp_path):
+    """A scheduler's log is no terminal: MLflow's per-file download bars would fill it."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    env["ANOMALY_CACHE_DIR"] = str(tmp_path / "cache")  # empty, so the model is downloaded
+    command = [sys.executable, "-m", "pipelines.batch_score", "--model",
+               f"models:/{registered}@champion", "--input", str(workdir / "new.csv"),
+               "--output", str(tmp_path / "out.csv")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "scored 1650 rows" in done.stderr
+    assert "Downloading artifacts" not in done.stderr
