@@ -41,6 +41,7 @@ from anomaly.data.tabular import (
 from anomaly.detector import RESULT_COLUMNS, Detector
 from anomaly.errors import InputError
 from anomaly.persistence import hidden_sibling
+from anomaly.preprocessing import usable_cores
 from anomaly.sequence import RESULT_COLUMNS as SERIES_RESULTS
 from anomaly.sequence import OutOfTimeOrder
 
@@ -102,7 +103,7 @@ def score_csv(
 
     started, rows, flagged = time.perf_counter(), 0, 0
     size = input_path.stat().st_size
-    workers = _usable_cores()
+    workers = usable_cores()
     try:
         with (
             tqdm(
@@ -143,13 +144,6 @@ def _write_next(in_flight: deque[Future], out) -> int:
     text, flagged = in_flight.popleft().result()
     out.write(text)
     return flagged
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ The fitted state is plain numbers and lists (``to_dict``/``from_dict``).
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +21,23 @@ from anomaly.data.tabular import CATEGORICAL, TabularSchema
 from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def map_columns(function: Callable[[np.ndarray], object], columns: Iterable[np.ndarray]) -> list:
+    """``function`` of each column, on a thread per usable core (numpy sorts, sums and
+    gathers without the GIL; a default pool would start up to 32 threads on a big host
+    whatever this process may use)."""
+    columns = list(columns)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(columns), usable_cores()))) as pool:
+        return list(pool.map(function, columns))
 
 
 class TabularPreprocessor:
@@ -42,8 +61,7 @@ class TabularPreprocessor:
         names = [col.name for col in self.schema.columns if col.kind != CATEGORICAL]
         # Columns on several threads (numpy sorts and sums without the GIL): on a GPU machine
         # these statistics took an eighth of a million-row fit.
-        with ThreadPoolExecutor() as pool:
-            stats = list(pool.map(lambda name: _median_mean_std(columns[name]), names))
+        stats = map_columns(_median_mean_std, [columns[name] for name in names])
         self.stats_ = {}
         for name, (median, mean, std) in zip(names, stats, strict=True):
             if np.isnan(median):  # the schema saw values, but in held-out rows only

@@ -68,3 +68,22 @@ def test_huge_values_standardise_finitely():
     out = pre.transform(schema.coerce(pd.DataFrame({"x": [1e200, 3e200], "y": [1e300, -1e39]})))
     assert np.allclose(out[:, 0], [-1.2247449, 1.2247449])
     assert np.isfinite(out).all() and out[0, 1] > 1e5 and out[1, 1] < -1e5  # clipped, finite
+
+
+def test_columns_are_mapped_on_no_more_threads_than_usable_cores(monkeypatch):
+    import threading
+    import time
+
+    import anomaly.preprocessing as preprocessing
+
+    seen = set()
+
+    def slow_sum(values):
+        seen.add(threading.get_ident())
+        time.sleep(0.02)  # long enough for a pool of more threads to start them
+        return values.sum()
+
+    monkeypatch.setattr(preprocessing, "usable_cores", lambda: 2)
+    columns = [np.full(10, float(i)) for i in range(12)]
+    assert preprocessing.map_columns(slow_sum, columns) == [10.0 * i for i in range(12)]
+    assert len(seen) == 2
