@@ -228,7 +228,7 @@ def _parsed(schema, blocks):
     for batch in blocks:
         frame = pd.DataFrame(
             {
-                name: _as_read(batch.column(name), keep_empty=name not in schema.values)
+                name: _series_column(batch.column(name), keep_empty=name not in schema.values)
                 for name in schema.names
             }
         )
@@ -236,7 +236,7 @@ def _parsed(schema, blocks):
         rows += len(frame)
 
 
-def _as_read(column: pa.Array, *, keep_empty: bool) -> np.ndarray:
+def _series_column(column: pa.Array, *, keep_empty: bool) -> np.ndarray:
     """A text column as :func:`~anomaly.data.tabular.read_csv` reads it: a value column's
     missing-value tokens (empty, ``NA``, ``null``...) are missing (None); a timestamp or
     series id stays text, to be refused or named as written."""
@@ -292,7 +292,10 @@ def _score_series_whole(
             schema=pa.schema([(name, pa.string()) for name in header]),
         )
     frame = pd.DataFrame(
-        {c: _as_read(table.column(c), keep_empty=c not in schema.values) for c in schema.names}
+        {
+            c: _series_column(table.column(c), keep_empty=c not in schema.values)
+            for c in schema.names
+        }
     )
     try:
         result = detector.score(frame)

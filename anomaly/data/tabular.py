@@ -347,7 +347,7 @@ def read_csv(
             where = f" (line {line_of(source, exc.row)} of the file)" if data is None else ""
             raise InputError(f"{name}: {exc}{where}", column=exc.column, row=exc.row) from None
         for col in reads.columns:
-            frame[col.name] = _as_read(col, values[col.name], table.column(col.name))
+            frame[col.name] = _frame_column(col, values[col.name], table.column(col.name))
     return frame
 
 
@@ -411,7 +411,7 @@ def _plain_lines(path: Path, lines: int) -> bool:
     return True
 
 
-def _as_read(col: Column, values: np.ndarray, text: pa.ChunkedArray) -> np.ndarray | pd.Series:
+def _frame_column(col: Column, values: np.ndarray, text: pa.ChunkedArray) -> np.ndarray | pd.Series:
     """A column converted by :meth:`TabularSchema.coerce_text`, as a DataFrame holds it; the
     schema's checks read it back as the same numbers."""
     if col.kind == NUMERIC:
