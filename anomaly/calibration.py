@@ -134,6 +134,17 @@ class Calibrator:
         cal = cls(target_fpr=data["target_fpr"], method=data["method"], evt_level=data["evt_level"])
         cal.scores_ = np.asarray(data["scores"], dtype=np.float64)
         cal.threshold_ = float(data["threshold"])
+        scores = cal.scores_
+        # p-values count scores by binary search: unsorted ones would give wrong p-values.
+        if (
+            scores.ndim != 1
+            or not len(scores)
+            or np.isnan(scores).any()
+            or (np.diff(scores) < 0).any()
+        ):
+            raise ValueError("calibration scores must be numbers in ascending order")
+        if np.isnan(cal.threshold_):
+            raise ValueError("the threshold is not a number")
         if "evt" in data:
             cal.evt_ = dict(data["evt"])
         return cal

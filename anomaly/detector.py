@@ -413,15 +413,11 @@ class Detector(AutoencoderDetector):
             typical_contribution=self.typical_contribution_.tolist(),
         )
 
-    @classmethod
-    def load(cls, path: str | Path, *, device: str = "cpu") -> Detector:
-        """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
-        det, meta = cls._restore(path, device)
-        det.schema_ = TabularSchema.from_dict(meta["schema"])
-        det.preprocessor_ = TabularPreprocessor.from_dict(det.schema_, meta["preprocessor"])
-        det.calibrator_ = Calibrator.from_dict(meta["calibration"])
-        det.typical_contribution_ = np.asarray(meta["typical_contribution"], dtype=np.float32)
-        return det
+    def _restore_state(self, meta: dict) -> None:
+        self.schema_ = TabularSchema.from_dict(meta["schema"])
+        self.preprocessor_ = TabularPreprocessor.from_dict(self.schema_, meta["preprocessor"])
+        self.calibrator_ = Calibrator.from_dict(meta["calibration"])
+        self.typical_contribution_ = np.asarray(meta["typical_contribution"], dtype=np.float32)
 
 
 def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:

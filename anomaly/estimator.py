@@ -13,12 +13,13 @@ import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
 
-from anomaly.errors import InputError, ModelFormatError, NotFittedError
-from anomaly.persistence import load_model_dir, save_model_dir
+from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
+from anomaly.persistence import META_FILE, load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS
 from anomaly.training import TrainConfig, resolve_device, train
 
@@ -158,9 +159,8 @@ class AutoencoderDetector:
         return save_model_dir(path, meta, self.module_.state_dict())
 
     @classmethod
-    def _restore(cls, path: str | Path, device: str):
-        """A detector with its weights, architecture and history back, on ``device``, and the
-        saved JSON for the subclass to restore the rest from."""
+    def load(cls, path: str | Path, *, device: str = "cpu") -> Self:
+        """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
         meta, tensors = load_model_dir(path)
         kind = meta.get("kind", "tabular")
         if kind != cls.kind:
@@ -168,10 +168,22 @@ class AutoencoderDetector:
                 f"{path} holds a {kind!r} model, not a {cls.kind!r} one: load it with "
                 "anomaly.load, which picks the class"
             )
-        det = cls(**{**cls._saved_params(meta["params"]), "device": device})
-        det.architecture_ = meta["architecture"]
-        det.device_ = resolve_device(device)
-        det.module_ = det._build_module(det.architecture_)
+        try:
+            det = cls(**{**cls._saved_params(meta["params"]), "device": device})
+            det.architecture_ = meta["architecture"]
+            det.device_ = resolve_device(device)
+            det.module_ = det._build_module(det.architecture_)
+            det.history_ = meta["history"]
+            det.training_summary_ = meta["training"]
+            det._restore_state(meta)
+        except AnomalyError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            # An edited or damaged JSON: one line, not a traceback from deep inside.
+            what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise ModelFormatError(
+                f"{Path(path) / META_FILE} does not describe a model: {what}"
+            ) from None
         try:
             det.module_.load_state_dict(tensors)
         except RuntimeError as exc:  # weights of another shape than the JSON describes
@@ -180,9 +192,12 @@ class AutoencoderDetector:
                 f"{path}: the weights do not fit the architecture: {reason}"
             ) from None
         det.module_.to(det.device_).eval()
-        det.history_ = meta["history"]
-        det.training_summary_ = meta["training"]
-        return det, meta
+        return det
+
+    def _restore_state(self, meta: dict) -> None:
+        """Set the fitted state the subclass saved beside the common parts (schema,
+        preprocessing, calibration...) from the saved JSON."""
+        raise NotImplementedError
 
     @staticmethod
     def _saved_params(params: dict) -> dict:

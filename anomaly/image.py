@@ -404,14 +404,10 @@ class ImageDetector(AutoencoderDetector):
             map_scale=self.map_scale_,
         )
 
-    @classmethod
-    def load(cls, path: str | Path, *, device: str = "cpu") -> ImageDetector:
-        """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
-        det, meta = cls._restore(path, device)
-        det.normalizer_ = ImageNormalizer.from_dict(meta["normalizer"])
-        det.calibrator_ = Calibrator.from_dict(meta["calibration"])
-        det.map_scale_ = float(meta["map_scale"])
-        return det
+    def _restore_state(self, meta: dict) -> None:
+        self.normalizer_ = ImageNormalizer.from_dict(meta["normalizer"])
+        self.calibrator_ = Calibrator.from_dict(meta["calibration"])
+        self.map_scale_ = float(meta["map_scale"])
 
     @staticmethod
     def _saved_params(params: dict) -> dict:

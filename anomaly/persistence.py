@@ -8,27 +8,33 @@
       weights.safetensors  the torch module's state dict
 
 A directory is written next to its final place and renamed into it, so a reader never sees a
-half-written model.
+half-written model. The JSON records the weights' SHA-256: a reader that catches a folder being
+replaced (the JSON of one save, the weights of the next, or no folder for a moment) reads again,
+and weights changed since the save are refused.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from anomaly.errors import ModelFormatError
 
 FORMAT_VERSION = 1
 META_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
+# How long a reader retries a folder it found mid-replacement (a save swaps it in two renames).
+READ_RETRY_S = 2.0
 
 
 def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor]) -> Path:
@@ -40,10 +46,11 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
     staging = hidden_sibling(path)
     staging.mkdir()  # as any new folder: its permissions follow the umask (mkdtemp's: 0o700)
     try:
-        cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(cpu, staging / WEIGHTS_FILE)
+        weights = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+        (staging / WEIGHTS_FILE).write_bytes(weights)
+        meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": _sha256(weights)}
         with open(staging / META_FILE, "w") as fh:
-            json.dump({"format_version": FORMAT_VERSION, **meta}, fh, indent=1)
+            json.dump(meta, fh, indent=1)
         if path.exists():
             check_target(path)  # again: it may have changed while the weights were written
             old = path.with_name(f".{path.name}.old")
@@ -84,25 +91,57 @@ def hidden_sibling(path: Path) -> Path:
 def load_model_dir(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a model directory; tensors come back on the CPU whatever device trained them."""
     path = Path(path)
+    deadline = time.monotonic() + READ_RETRY_S
+    while True:
+        try:
+            return _read_model_dir(path)
+        except _Torn as torn:
+            if time.monotonic() > deadline:
+                raise ModelFormatError(str(torn)) from None
+            time.sleep(0.01)
+
+
+class _Torn(Exception):
+    """The folder changed while it was read, or its weights are not the ones saved with it."""
+
+
+def _read_model_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
+    try:
+        meta_text, weights = meta_path.read_text(), weights_path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        if path.with_name(f".{path.name}.old").exists():  # a save is swapping it in
+            raise _Torn(f"{path} was being replaced while read") from None
         raise ModelFormatError(
             f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})"
-        )
+        ) from None
+    except IsADirectoryError:
+        raise ModelFormatError(
+            f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})"
+        ) from None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_text)
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{meta_path} holds a {type(meta).__name__}, not a JSON object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelFormatError(
             f"{path} has model format {version!r}; this version of anomaly reads {FORMAT_VERSION}"
         )
     try:
-        tensors = load_file(weights_path, device="cpu")
+        tensors = load(weights)
     except SafetensorError as exc:  # truncated, or not safetensors at all
         raise ModelFormatError(f"{weights_path} is not a valid safetensors file: {exc}") from None
+    expected = meta.get("weights_sha256")  # models saved before it was recorded have none
+    if expected is not None and _sha256(weights) != expected:
+        raise _Torn(f"{weights_path} is not the weights saved with {META_FILE} (SHA-256 differs)")
     return meta, tensors
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 # Which class reads each kind of model directory, by the "kind" its JSON records.

@@ -501,16 +501,12 @@ class SequenceDetector(AutoencoderDetector):
             },
         )
 
-    @classmethod
-    def load(cls, path: str | Path, *, device: str = "cpu") -> SequenceDetector:
-        """Read a detector saved by :meth:`save`, on ``device`` (CPU by default)."""
-        det, meta = cls._restore(path, device)
-        det.schema_ = SequenceSchema.from_dict(meta["schema"])
-        det.mean_ = np.asarray(meta["scaler"]["mean"], dtype=np.float32)
-        det.std_ = np.asarray(meta["scaler"]["std"], dtype=np.float32)
-        det.calibrator_ = Calibrator.from_dict(meta["calibration"]["point"])
-        det.window_calibrator_ = Calibrator.from_dict(meta["calibration"]["window"])
-        return det
+    def _restore_state(self, meta: dict) -> None:
+        self.schema_ = SequenceSchema.from_dict(meta["schema"])
+        self.mean_ = np.asarray(meta["scaler"]["mean"], dtype=np.float32)
+        self.std_ = np.asarray(meta["scaler"]["std"], dtype=np.float32)
+        self.calibrator_ = Calibrator.from_dict(meta["calibration"]["point"])
+        self.window_calibrator_ = Calibrator.from_dict(meta["calibration"]["window"])
 
 
 class OutOfTimeOrder(ValueError):

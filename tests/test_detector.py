@@ -98,6 +98,87 @@ def test_save_replaces_a_model_directory_but_nothing_else(fitted_ae, tmp_path):
     assert (tmp_path / "shared").stat().st_mode & 0o777 == 0o750  # not a temp folder's 0o700
 
 
+def test_a_folder_being_replaced_reads_as_one_save_or_the_other(tmp_path):
+    """A reader beside a save (score while train --out rewrites the folder) gets the JSON and
+    the weights of one save, never a mix and never a missing folder."""
+    import threading
+
+    import torch
+
+    from anomaly.persistence import load_model_dir, save_model_dir
+
+    saves = [({"tag": tag}, {"w": torch.full((64, 64), float(i))}) for i, tag in enumerate("AB")]
+    path, stop = tmp_path / "m", threading.Event()
+    save_model_dir(path, *saves[0])
+
+    def keep_saving():
+        i = 1
+        while not stop.is_set():
+            save_model_dir(path, *saves[i % 2])
+            i += 1
+
+    writer = threading.Thread(target=keep_saving)
+    writer.start()
+    try:
+        reads = [load_model_dir(path) for _ in range(300)]
+    finally:
+        stop.set()
+        writer.join()
+    for meta, tensors in reads:
+        assert float(tensors["w"][0, 0]) == "AB".index(meta["tag"])
+    assert {meta["tag"] for meta, _ in reads} == {"A", "B"}
+
+
+def test_weights_changed_since_the_save_are_refused(fitted_ae, tmp_path, monkeypatch):
+    import anomaly.persistence
+
+    monkeypatch.setattr(anomaly.persistence, "READ_RETRY_S", 0.05)
+    fitted_ae.save(tmp_path / "m")
+    weights = tmp_path / "m" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # a changed number, still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match=r"is not the weights saved with detector\.json"):
+        Detector.load(tmp_path / "m")
+
+
+def _drop(key):
+    return lambda meta: {k: v for k, v in meta.items() if k != key}
+
+
+def _edit(path, value):
+    def edit(meta):
+        *parents, last = path
+        node = meta
+        for key in parents:
+            node = node[key]
+        node[last] = value(node[last]) if callable(value) else value
+        return meta
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_drop("calibration"), r"detector\.json does not describe a model: no 'calibration'"),
+        (lambda meta: [meta], r"detector\.json holds a list, not a JSON object"),
+        (_edit(["schema"], {}), r"detector\.json does not describe a model: no "),
+        (_edit(["params", "bogus"], 1), "does not describe a model: .*'bogus'"),
+        (_edit(["calibration", "scores"], lambda s: s[::-1]), "in ascending order"),
+        (_edit(["calibration", "scores"], []), "in ascending order"),
+    ],
+)
+def test_an_edited_or_damaged_json_is_one_model_format_error(fitted_ae, tmp_path, edit, message):
+    import json
+
+    fitted_ae.save(tmp_path / "m")
+    meta_file = tmp_path / "m" / "detector.json"
+    meta_file.write_text(json.dumps(edit(json.loads(meta_file.read_text()))))
+    with pytest.raises(ModelFormatError, match=message):
+        Detector.load(tmp_path / "m")
+
+
 def test_load_refuses_what_is_not_a_model(tmp_path):
     with pytest.raises(ModelFormatError, match="not a model directory"):
         Detector.load(tmp_path)
