@@ -25,6 +25,7 @@ from anomaly.errors import InputError
 log = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = ("quantile", "evt")
+EVT_MIN_SCORES = 100  # fewer leave too few peaks above the tail level to fit
 
 
 class Calibrator:
@@ -54,23 +55,46 @@ class Calibrator:
         self.method = method
         self.evt_level = evt_level
 
-    def fit(self, scores: np.ndarray) -> Calibrator:
+    def check(self, n_scores: int | None = None) -> None:
+        """Refuse settings this rule cannot meet (detectors ask before training): the rate, the
+        rule, and for ``evt`` its tail level and, when known, the ``n_scores`` it needs."""
         if not 0.0 < self.target_fpr < 1.0:
             raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.method not in THRESHOLD_METHODS:
             raise InputError(
                 f"unknown threshold method {self.method!r}; use one of {THRESHOLD_METHODS}"
             )
+        if self.method != "evt":
+            return
+        if not 0.0 < self.evt_level < 1.0:
+            raise InputError(f"evt_level must be in (0, 1), got {self.evt_level}")
+        if self.target_fpr >= 1.0 - self.evt_level:
+            raise InputError(
+                f"the evt threshold fits the tail above the {self.evt_level:g} quantile of the "
+                f"calibration scores, so it reaches rates below {1.0 - self.evt_level:.4g}, not "
+                f"target_fpr {self.target_fpr}; use the quantile threshold"
+            )
+        if n_scores is not None and n_scores < EVT_MIN_SCORES:
+            raise InputError(
+                f"the evt threshold needs at least {EVT_MIN_SCORES} calibration rows, got "
+                f"{n_scores}"
+            )
+
+    def fit(self, scores: np.ndarray) -> Calibrator:
         scores = np.sort(np.asarray(scores, dtype=np.float64))
+        self.check(len(scores))
         if len(scores) == 0:
             raise InputError("no calibration rows: give more data or a larger calibration_fraction")
+        if np.isnan(scores[-1]):  # sorted last
+            raise InputError("a calibration score is not a number; the threshold would be NaN")
         self.scores_ = scores
         self.threshold_ = self._evt() if self.method == "evt" else self._quantile()
         return self
 
     def _quantile(self) -> float:
         n = len(self.scores_)
-        rank = math.ceil((n + 1) * (1.0 - self.target_fpr))
+        # (less a hair: (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats, whose ceiling is 4)
+        rank = math.ceil((n + 1) * (1.0 - self.target_fpr) - 1e-9)
         if rank > n:
             log.warning(
                 "%d calibration rows cannot support a %.4g false-positive rate (needs %d); the "
@@ -85,12 +109,13 @@ class Calibrator:
     def _evt(self) -> float:
         import libspot  # only this rule needs it
 
-        if len(self.scores_) < 100:
-            raise InputError(
-                f"the evt threshold needs at least 100 calibration rows, got {len(self.scores_)}"
-            )
         spot = libspot.Spot(q=self.target_fpr, level=self.evt_level, max_excess=len(self.scores_))
-        spot.fit(self.scores_)
+        try:
+            spot.fit(self.scores_)
+        except RuntimeError as exc:  # e.g. scores that are all alike leave no tail to fit
+            raise InputError(
+                f"the evt tail fit failed on these calibration scores ({exc}); use 'quantile'"
+            ) from None
         self.evt_ = {
             "excess_threshold": float(spot.excess_threshold),
             "gamma": float(spot.gamma),

@@ -150,8 +150,6 @@ class Detector(AutoencoderDetector):
         for name in ("calibration_fraction", "validation_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.target_fpr < 1.0:
-            raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         for name in ("epochs", "patience", "max_categories"):
@@ -230,7 +228,10 @@ class Detector(AutoencoderDetector):
             cal_idx, order = order[:n_cal], order[n_cal:]
             cal_columns = _take(columns, cal_idx)
         else:
-            cal_columns = schema.coerce(_as_frame(calibration_data))
+            calibration_data = _as_frame(calibration_data)
+            n_cal, cal_columns = len(calibration_data), schema.coerce(calibration_data)
+        calibrator = Calibrator(target_fpr=self.target_fpr, method=self.threshold_method)
+        calibrator.check(n_cal)  # evt's least number of rows: before training, not after
         n_val = round(self.validation_fraction * len(order))
         if len(order) - n_val < _MIN_TRAIN_ROWS:
             raise InputError(
@@ -257,9 +258,7 @@ class Detector(AutoencoderDetector):
         # Columns are ranked by how unusual their error is for them: a column that is hard to
         # reconstruct on normal rows (noise, a many-level category) does not top every list.
         self.typical_contribution_ = np.maximum(cal_parts.mean(axis=0), 1e-12)
-        self.calibrator_ = Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).fit(
-            cal_scores
-        )
+        self.calibrator_ = calibrator.fit(cal_scores)
         self.training_summary_ = {
             "n_train": len(train_idx),
             "n_validation": len(val_idx),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import math
+import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Self
 import numpy as np
 import torch
 
+from anomaly.calibration import Calibrator
 from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
 from anomaly.persistence import META_FILE, load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS
@@ -64,17 +67,49 @@ class AutoencoderDetector:
             raise InputError(f"score 'iwae' needs n_samples of at least 1, got {self.n_samples}")
 
     def _check_shared(self) -> None:
-        """Layer sizes, regularisation, seed and device: the same rule for every detector."""
+        """Types, layer sizes, optimiser, regularisation, seed, threshold rule and device: the
+        same rule for every detector."""
+        self._check_types()
         if self.latent is not None and self.latent < 1:
             raise InputError(f"latent must be at least 1, got {self.latent}")
-        if isinstance(self.hidden, list | tuple) and any(int(h) < 1 for h in self.hidden):
+        widths = self.hidden if isinstance(self.hidden, list | tuple) else ()
+        if not all(_is_count(h) and h >= 1 for h in widths):
             raise InputError(f"hidden widths must be at least 1, got {tuple(self.hidden)}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("denoise", "beta", "seed"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not 0.0 < self.lr < math.inf:
+            raise InputError(f"lr must be above 0, got {self.lr}")
+        for name in ("weight_decay", "denoise", "beta", "seed"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                rule = "at least 0" if value < 0 else "finite"
+                raise InputError(f"{name} must be {rule}, got {value}")
+        if self.seed >= 2**64:
+            raise InputError(f"seed must be below 2**64, got {self.seed}")
+        Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
         resolve_device(self.device)  # an unknown or absent device is refused before any work
+
+    def _check_types(self) -> None:
+        """Each number of its default's type: a whole number where things are counted (epochs,
+        sizes, seeds), a number where a rate or weight is (NaN refused), True or False for a
+        switch. Tuples and lists (layer widths, image sizes) are each detector's to check."""
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            value = getattr(self, "score_method" if name == "score" else name, None)
+            default = param.default
+            if name == "self" or value is None or isinstance(value, tuple | list):
+                continue
+            if isinstance(default, bool):
+                wrong = not isinstance(value, bool | np.bool_)
+                kind = "True or False"
+            elif isinstance(default, int) or name in _COUNTS_OR_NONE:
+                wrong, kind = not _is_count(value), "a whole number"
+            elif isinstance(default, float):
+                is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+                wrong, kind = not is_number or value != value, "a number"
+            else:
+                continue
+            if wrong:
+                raise InputError(f"{name} must be {kind}, got {value!r}")
 
     def _initial_module(
         self, warm_start_from: AutoencoderDetector | None, architecture: Callable[[], dict]
@@ -204,6 +239,14 @@ class AutoencoderDetector:
         """Constructor arguments from their JSON form (a subclass turns lists back into the
         tuples it takes)."""
         return params
+
+
+# Counts whose default (None) says "chosen from the data".
+_COUNTS_OR_NONE = ("latent", "batch_size")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _flat(value) -> list:

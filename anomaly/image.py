@@ -193,8 +193,6 @@ class ImageDetector(AutoencoderDetector):
         for name in ("calibration_fraction", "validation_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.target_fpr < 1.0:
-            raise InputError(f"target_fpr must be in (0, 1), got {self.target_fpr}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         for name in ("epochs", "patience"):

@@ -57,6 +57,22 @@ def test_bad_settings_and_empty_scores_are_refused():
         Calibrator().fit(np.array([]))
     with pytest.raises(InputError, match="at least 100"):
         Calibrator(method="evt").fit(np.ones(10))
+    with pytest.raises(InputError, match="not a number"):
+        Calibrator().fit(np.array([1.0, np.nan, 2.0]))
+
+
+def test_evt_settings_it_cannot_meet_are_input_errors_not_libspots():
+    with pytest.raises(InputError, match=r"reaches rates below 0\.1, not target_fpr 0\.1"):
+        Calibrator(method="evt", target_fpr=0.1).fit(np.arange(500.0))
+    with pytest.raises(InputError, match=r"evt_level must be in \(0, 1\), got 1\.0"):
+        Calibrator(method="evt", evt_level=1.0).fit(np.arange(500.0))
+    with pytest.raises(InputError, match="the evt tail fit failed on these calibration scores"):
+        Calibrator(method="evt", target_fpr=0.01).fit(np.ones(500))  # all alike: no tail
+
+
+def test_the_conformal_rank_is_not_one_too_high_by_rounding():
+    # (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats: the rank is 3, not 4.
+    assert Calibrator(target_fpr=0.7).fit(np.arange(9.0)).threshold_ == 2.0
 
 
 def test_state_round_trips_through_dict():
