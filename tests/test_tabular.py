@@ -238,6 +238,23 @@ def test_text_parsing_names_the_bad_row():
     assert np.isnan(schema.coerce_text(table.slice(0, 3))["x"]).all()
 
 
+def test_missing_value_tokens_are_missing_in_text_frames_as_in_csv_text():
+    """A DataFrame of text (Spark's CSV rows, read_csv(dtype=str), JSON strings) reads ``NA``,
+    ``null``, ``nan`` and empty fields as a CSV file's reader does: missing, not bad values."""
+    import pyarrow as pa
+
+    schema = TabularSchema.infer(pd.DataFrame({"x": [1.0, 2.0], "b": [True, False]}))
+    text = {"x": ["1", "NA", "nan", "", "null"], "b": ["true", "NA", "", "#N/A", "false"]}
+    from_frame = schema.coerce(pd.DataFrame(text, dtype=object))
+    from_text = schema.coerce_text(pa.table(text))
+    for name in ("x", "b"):
+        np.testing.assert_array_equal(from_frame[name], from_text[name])
+    assert from_frame["x"][0] == 1.0 and np.isnan(from_frame["x"][1:]).all()
+    assert np.isnan(from_frame["b"][1:4]).all() and from_frame["b"][4] == 0.0
+    with pytest.raises(InputError, match=r"column 'x', row 0: 'NAN' is not a number"):
+        schema.coerce(pd.DataFrame({"x": ["NAN"], "b": ["true"]}, dtype=object))
+
+
 def test_records_give_the_same_arrays_as_a_dataframe():
     from anomaly.datasets import make_service_metrics
 

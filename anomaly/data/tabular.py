@@ -582,7 +582,7 @@ def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
         except OverflowError:  # an int past float64's range: pandas reads long digit runs so
             numbers = pd.to_numeric(series.map(_past_float_as_inf), errors="coerce")
         values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-        _refuse_first(np.isnan(values) & series.notna().to_numpy(), series, name, row_offset,
+        _refuse_first(_not_missing(np.isnan(values), series), series, name, row_offset,
                       "is not a number")  # fmt: skip
     infinite = np.isinf(values)
     if infinite.any():
@@ -611,9 +611,18 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
         values = np.full(len(series), np.nan)
         values[lowered.isin(TRUE_WORDS).to_numpy()] = 1.0
         values[lowered.isin(FALSE_WORDS).to_numpy()] = 0.0
-        bad = np.isnan(values) & series.notna().to_numpy()
+        bad = _not_missing(np.isnan(values), series)
     _refuse_first(bad, series, name, row_offset, "is not true or false")
     return values
+
+
+def _not_missing(unread: np.ndarray, series: pd.Series) -> np.ndarray:
+    """Which ``unread`` values were given, not missing: a missing-value token (``NA``,
+    ``null``, ``""``...) is missing here as it is in a CSV file, whichever way it came."""
+    given = unread & series.notna().to_numpy()
+    if given.any():
+        given &= ~series.isin(NA_VALUES).to_numpy()
+    return given
 
 
 def _to_codes(
