@@ -53,17 +53,25 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
             json.dump(meta, fh, indent=1)
         if path.exists():
             check_target(path)  # again: it may have changed while the weights were written
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
+        replace_dir(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def replace_dir(staging: Path, path: Path) -> None:
+    """Rename the folder ``staging`` to ``path``, moving aside (then deleting) any folder
+    there. POSIX renames no folder over a non-empty one, so for a moment ``path`` is absent,
+    with ``.NAME.old`` beside it (readers of a model folder wait that out)."""
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    os.replace(staging, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_target(path: str | Path) -> None:

@@ -5,8 +5,12 @@
 
 Each executor loads the same MLflow pyfunc that ``mlflow.pyfunc.load_model`` gives, and so the
 same :meth:`Detector.score`: the rows come out with the scores ``anomaly score`` writes. CSV input
-is read as text, as ``anomaly score`` reads it, so both parse values the same way. The output is
-every input column plus ``anomaly_score``, ``is_anomaly``, ``p_value`` and ``top_features``.
+is read as text, as ``anomaly score`` reads it (RFC 4180: quoted line breaks, doubled quotes; a
+row with fields missing or extra is an error), so both parse values the same way. A CSV file with
+quotes in it is read by one task, as a quoted line break cannot be found from the middle of the
+file: give Parquet, or several files, for parallel reading. The output is every input column
+plus ``anomaly_score``, ``is_anomaly``, ``p_value`` and ``top_features``; a local output folder
+is replaced only when the job succeeds.
 
 Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 75 the MLflow server
 unreachable or failing (retry), 1 anything else.
@@ -17,13 +21,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from anomaly import AnomalyError, registry
+from anomaly.data.tabular import first_ragged_row, line_of
 from anomaly.detector import RESULT_COLUMNS
 from anomaly.errors import InputError
+from anomaly.persistence import hidden_sibling, replace_dir
 from pipelines import exit_code
 
 RESULT_TYPE = "anomaly_score float, is_anomaly boolean, p_value double, top_features string"
@@ -42,8 +49,14 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
     detector = registry.load_detector(ref.path)
     if detector.kind != "tabular":  # Spark's batches would cut a series; images are no rows
         raise InputError(f"Spark scores table models; {model_uri} holds a {detector.kind} one")
-    if "://" not in input_path and not Path(input_path).exists():
+    if _local(input_path) and not Path(input_path).exists():
         raise InputError(f"no such file or folder: {input_path}")
+    # A local output is written beside its place and renamed in: a failed job leaves the
+    # previous output as it was (Spark's overwrite would have deleted it first).
+    target = Path(os.path.realpath(output_path)) if _local(output_path) else None
+    if target is not None and target.exists() and not target.is_dir():
+        raise InputError(f"{output_path} is a file; Spark writes a folder of parts")
+    written = str(hidden_sibling(target)) if target is not None else output_path
     frame = _read(spark, input_path)
     missing = [c for c in detector.schema_.names if c not in frame.columns]
     if missing:
@@ -58,22 +71,37 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
         scored = scored.select(*kept, *(F.col(f"_scores.{c}").alias(c) for c in RESULT_COLUMNS))
         writer = scored.write.mode("overwrite")
         try:
-            if fmt == "csv":
-                writer.option("header", True).csv(output_path)
+            if fmt == "csv":  # RFC 4180 quotes, as `anomaly score` writes (Spark's: backslashes)
+                writer.option("header", True).option("escape", '"').csv(written)
             else:
-                writer.parquet(output_path)
+                writer.parquet(written)
         except Exception as exc:  # Spark wraps the worker's exception in its own
-            reason = _input_error_in(str(exc))
+            if target is not None:
+                shutil.rmtree(written, ignore_errors=True)
+            reason = _input_error_in(str(exc), input_path, frame.columns)
             if reason is None:
                 raise
             raise InputError(f"{input_path}: {reason}") from None
+    if target is not None:
+        replace_dir(Path(written), target)
 
 
-def _input_error_in(text: str) -> str | None:
+def _input_error_in(text: str, input_path: str, header: list[str]) -> str | None:
+    """The detector's message in a failed job's error, or the row that does not fit the
+    header (Spark's FAILFAST names none)."""
     marker = "anomaly.errors.InputError: "
     for line in text.splitlines():
         if marker in line:
             return line.split(marker, 1)[1].strip()
+    if "Malformed records are detected" in text:
+        ragged = first_ragged_row(Path(input_path), len(header)) if _local(input_path) else None
+        if ragged is None:
+            return "a row's fields do not match the header"
+        row, fields = ragged
+        return (
+            f"row {row} (line {line_of(Path(input_path), row)}) has {fields} fields, the header "
+            f"{len(header)} names; write each row's fields in full, empty ones too"
+        )
     return None
 
 
@@ -81,7 +109,25 @@ def _read(spark, path: str):
     if path.endswith(".parquet") or Path(path).is_dir():
         return spark.read.parquet(path)
     # Text, like `anomaly score`: the detector parses values itself and names bad ones.
-    return spark.read.option("header", True).option("inferSchema", False).csv(path)
+    return (
+        spark.read.option("header", True)
+        .option("inferSchema", False)
+        .option("escape", '"')  # a quote inside a quoted value is doubled (RFC 4180)
+        .option("multiLine", not _local(path) or _has_quotes(Path(path)))
+        .option("mode", "FAILFAST")  # a row with fields missing or extra is an error
+        .csv(path)
+    )
+
+
+def _local(path: str) -> bool:
+    return "://" not in path
+
+
+def _has_quotes(path: Path) -> bool:
+    """Whether a file has a quote anywhere: only then can a value hold a line break (a scan at
+    disk speed, which saves reading the whole file in one task when it has none)."""
+    with open(path, "rb") as raw:
+        return any(b'"' in block for block in iter(lambda: raw.read(1 << 20), b""))
 
 
 def _mlflow_model(ref: registry.ModelRef, scratch: Path) -> str:

@@ -86,3 +86,47 @@ def test_spark_bad_value_names_the_column(spark, model_uri, tmp_path):
         spark_score.score(spark, model_uri, str(tmp_path / "nocpu.csv"), str(tmp_path / "out"))
     with pytest.raises(InputError, match="no such file or folder"):
         spark_score.score(spark, model_uri, str(tmp_path / "absent.csv"), str(tmp_path / "out"))
+
+
+def test_spark_reads_and_writes_csv_as_anomaly_score_does(spark, model_uri, tmp_path):
+    """Quoted line breaks, doubled quotes and missing-value tokens: the same rows, values and
+    scores as `anomaly score`, and CSV written with RFC 4180 quotes."""
+    rows = make_service_metrics(200, 20, seed=5).astype({"cpu": object, "cached": object})
+    rows["note"] = ""
+    rows.loc[5, "note"] = "rebooted\nat 3am"
+    rows.loc[6, "note"] = 'say "hi", twice'
+    rows.loc[3, "cpu"], rows.loc[4, "cached"] = "NA", "nan"  # missing, as read_csv reads them
+    rows.to_csv(tmp_path / "in.csv", index=False)
+    score_csv(registry.load_detector(model_uri), tmp_path / "in.csv", tmp_path / "cli.csv",
+              progress=False)  # fmt: skip
+    spark_score.score(spark, model_uri, str(tmp_path / "in.csv"), str(tmp_path / "out"), "csv")
+    parts = sorted((tmp_path / "out").glob("part-*.csv"))
+    keys = ["host_id", "timestamp"]
+    from_spark = pd.concat(pd.read_csv(p) for p in parts).sort_values(keys, ignore_index=True)
+    expected = pd.read_csv(tmp_path / "cli.csv").sort_values(keys, ignore_index=True)
+    assert len(from_spark) == len(expected) == 220
+    np.testing.assert_array_equal(
+        from_spark["anomaly_score"].to_numpy("float32"),
+        expected["anomaly_score"].to_numpy("float32"),
+    )
+    assert from_spark["note"].fillna("").tolist() == expected["note"].fillna("").tolist()
+    assert {"rebooted\nat 3am", 'say "hi", twice'} <= set(from_spark["note"].dropna())
+
+
+def test_a_ragged_row_is_named_and_a_failed_job_keeps_the_last_output(spark, model_uri, tmp_path):
+    rows = make_service_metrics(100, seed=6)
+    rows.to_csv(tmp_path / "good.csv", index=False)
+    spark_score.score(spark, model_uri, str(tmp_path / "good.csv"), str(tmp_path / "out"))
+    before = read_parts(tmp_path / "out")
+    lines = (tmp_path / "good.csv").read_text().splitlines()
+    lines[12] = ",".join(lines[12].split(",")[:8])  # line 13, data row 11, loses 3 fields
+    (tmp_path / "short.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"row 11 \(line 13\) has 8 fields, the header 11 names"):
+        spark_score.score(spark, model_uri, str(tmp_path / "short.csv"), str(tmp_path / "out"))
+    rows.astype({"cpu": object}).assign(cpu="fast").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InputError, match="'fast' is not a number"):
+        spark_score.score(spark, model_uri, str(tmp_path / "bad.csv"), str(tmp_path / "out"))
+    pd.testing.assert_frame_equal(read_parts(tmp_path / "out"), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.csv", "good.csv", "out", "short.csv"
+    ]  # fmt: skip
