@@ -18,6 +18,7 @@ and promoted by hand; ``champion`` moves only when every rule passes.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,12 @@ from anomaly import registry
 from anomaly.data.images import ImageSource, load_images
 from anomaly.data.tabular import TabularSchema, read_csv
 from anomaly.detector import Detector
-from anomaly.errors import InputError, PromotionLocked
+from anomaly.errors import InputError, PromotionLocked, RegistryError
 from anomaly.image import ImageDetector
 from anomaly.persistence import load_detector_dir
 from anomaly.sequence import SequenceDetector
+
+log = logging.getLogger(__name__)
 
 AnyDetector = Detector | SequenceDetector | ImageDetector
 NewData = pd.DataFrame | ImageSource  # rows of a table or series, or images
@@ -261,15 +264,21 @@ def retrain(
     reasons = failures + passes
     if anomalies is None:
         reasons.append("no labelled anomalies given: detection quality was not compared")
-    registry.log_gate(
-        logged.run_id,
-        promoted=promoted,
-        reasons=reasons,
-        figures=figures,
-        rules=vars(rules) | {"mode": mode, "holdout": holdout},
-        schema_notes=report.lines(),
-        champion_version=champion_ref.version,
-    )
+    try:
+        registry.log_gate(
+            logged.run_id,
+            promoted=promoted,
+            reasons=reasons,
+            figures=figures,
+            rules=vars(rules) | {"mode": mode, "holdout": holdout},
+            schema_notes=report.lines(),
+            champion_version=champion_ref.version,
+        )
+    except RegistryError as exc:
+        # The decision stands (the aliases say it): failing now would have a scheduler retry,
+        # retraining against a champion this run may have just promoted.
+        log.warning("the gate's record was not logged to run %s: %s", logged.run_id, exc)
+        reasons.append(f"the gate's record was not logged to run {logged.run_id}: {exc}")
     return RetrainResult(promoted, reasons, figures, report, str(champion_ref.version),
                          str(logged.version), logged.run_id)  # fmt: skip
 

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from anomaly import registry
 from anomaly.datasets import make_service_metrics
 from anomaly.detector import Detector
-from anomaly.errors import InputError
+from anomaly.errors import InputError, RegistryUnavailable
 from anomaly.retraining import GateRules, SchemaMismatch, apply_rules, compare_schema, retrain
 from pipelines import retrain as retrain_pipeline
 
@@ -214,6 +214,22 @@ def test_racing_promotions_leave_one_winner(fitted_ae):
     assert name + "--promotion-lock" not in {
         m.name for m in MlflowClient().search_registered_models()
     }
+
+
+def test_a_gate_record_that_cannot_be_logged_leaves_the_decision_standing(
+    champion, monkeypatch, tmp_path
+):
+    """Promoted, then the server fails: exit 0, not the 75 that has a scheduler retrain again
+    against the champion this run just made."""
+
+    def down(*args, **kwargs):
+        raise RegistryUnavailable("the MLflow server answered 503")
+
+    monkeypatch.setattr(registry, "log_gate", down)
+    drifted(make_service_metrics(3000, seed=25)).to_csv(tmp_path / "new.csv", index=False)
+    args = ["--name", champion, "--data", str(tmp_path / "new.csv"), "--epochs", "30"]
+    assert retrain_pipeline.main(args) == 0
+    assert aliases(champion)["champion"] == "2"
 
 
 def test_a_promotion_holding_the_lock_fails_the_gate(champion, monkeypatch):
