@@ -28,7 +28,10 @@ class DetectorModel:
         self.detector = detector
 
     def predict(self, model_input: Any, params: dict | None = None) -> pd.DataFrame:
-        """The input's columns followed by the result columns, as ``anomaly score`` writes."""
+        """The input's columns followed by the result columns, as ``anomaly score`` writes.
+
+        (Through ``mlflow.pyfunc.load_model``, MLflow has already kept only the signature's
+        columns, in its order.)"""
         return with_scores(self.detector, _as_frame(model_input))
 
 
