@@ -97,8 +97,9 @@ class Calibrator:
         rank = math.ceil((n + 1) * (1.0 - self.target_fpr) - 1e-9)
         if rank > n:
             log.warning(
-                "%d calibration rows cannot support a %.4g false-positive rate (needs %d); the "
-                "threshold is the largest calibration score. Use method='evt' for small rates.",
+                "%d calibration rows cannot support a %.4g false-positive rate (needs %.4g); "
+                "the threshold is the largest calibration score. Use method='evt' for small "
+                "rates.",
                 n,
                 self.target_fpr,
                 math.ceil(1 / self.target_fpr) - 1,

@@ -12,6 +12,7 @@ import datetime as dt
 import inspect
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,15 +40,21 @@ class AutoencoderDetector:
 
     kind: str
 
-    def get_params(self) -> dict:
-        """The constructor's arguments, read from its signature as scikit-learn does (tuples
-        as lists: JSON-ready)."""
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments, read from its signature as scikit-learn does (the
+        objects themselves, as its ``clone`` checks). ``deep`` is scikit-learn's; a detector
+        holds no estimators."""
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
-        params = {}
-        for name in names:
-            value = getattr(self, "score_method" if name == "score" else name)
-            params[name] = list(value) if isinstance(value, tuple) else value
-        return params
+        return {name: getattr(self, "score_method" if name == "score" else name) for name in names}
+
+    def set_params(self, **params) -> Self:
+        """Set constructor arguments by name, as scikit-learn's ``clone`` and searches do."""
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise InputError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(self, "score_method" if name == "score" else name, value)
+        return self
 
     def _score_method(self) -> str:
         if self.score_method is not None:
@@ -88,6 +95,12 @@ class AutoencoderDetector:
             raise InputError(f"seed must be below 2**64, got {self.seed}")
         Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
         resolve_device(self.device)  # an unknown or absent device is refused before any work
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise AnomalyError(
+                "anomaly trains in one process; under torchrun (WORLD_SIZE="
+                f"{os.environ['WORLD_SIZE']}) each process would train the whole model and "
+                "save it to the same place: run it without torchrun"
+            )
 
     def _check_types(self) -> None:
         """Each number of its default's type: a whole number where things are counted (epochs,
@@ -187,7 +200,10 @@ class AutoencoderDetector:
             "params": self.get_params(),
             "architecture": self.architecture_,
             **own,
-            "history": self.history_,
+            # No validation rows: NaN losses, written as null (JSON has no NaN)
+            "history": {
+                k: [v if math.isfinite(v) else None for v in vs] for k, vs in self.history_.items()
+            },
             "training": self.training_summary_,
             "versions": {"anomaly": anomaly.__version__, "torch": torch.__version__},
         }
@@ -208,7 +224,9 @@ class AutoencoderDetector:
             det.architecture_ = meta["architecture"]
             det.device_ = resolve_device(device)
             det.module_ = det._build_module(det.architecture_)
-            det.history_ = meta["history"]
+            det.history_ = {
+                k: [math.nan if v is None else v for v in vs] for k, vs in meta["history"].items()
+            }
             det.training_summary_ = meta["training"]
             det._restore_state(meta)
         except AnomalyError:

@@ -142,7 +142,7 @@ class ImageDetector(AutoencoderDetector):
         self.model = model
         self.size = size
         self.channels = channels
-        self.hidden = hidden
+        self.hidden = None if hidden is None else tuple(hidden)  # as a saved model's list
         self.latent = latent
         self.dropout = dropout
         self.denoise = denoise
@@ -163,9 +163,6 @@ class ImageDetector(AutoencoderDetector):
         self.progress = progress
 
     # ------------------------------------------------------------------ parameters
-    def get_params(self) -> dict:
-        return {**super().get_params(), "size": list(image_size(self.size))}
-
     @property
     def image_size_(self) -> tuple[int, int]:
         """``(height, width)`` the detector reads images at."""
@@ -409,12 +406,8 @@ class ImageDetector(AutoencoderDetector):
 
     @staticmethod
     def _saved_params(params: dict) -> dict:
-        hidden = params["hidden"]
-        return {
-            **params,
-            "size": tuple(params["size"]),
-            "hidden": None if hidden is None else tuple(hidden),
-        }
+        size = params["size"]  # a side, or a list from JSON
+        return {**params, "size": tuple(size) if isinstance(size, list) else size}
 
 
 def _auto_image_batch(n_train: int) -> int:

@@ -53,7 +53,7 @@ class SequenceDetector(AutoencoderDetector):
         The time column (dates or numbers).
     series_col : str, optional
         The series-id column, when a table holds several series.
-    value_cols : list of str, optional
+    value_cols : sequence of str, optional
         The value columns; by default every numeric column but the others named here.
     exclude : list of str
         Columns to ignore when value columns are inferred (labels, ids).
@@ -114,7 +114,7 @@ class SequenceDetector(AutoencoderDetector):
     ):
         self.timestamp_col = timestamp_col
         self.series_col = series_col
-        self.value_cols = None if value_cols is None else list(value_cols)
+        self.value_cols = None if value_cols is None else tuple(value_cols)  # as exclude
         self.exclude = tuple(exclude)
         self.model = model
         self.arch = arch

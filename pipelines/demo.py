@@ -180,7 +180,7 @@ def time_series() -> None:
     far = ((minute - 300).abs() > 40) & ~shift
     print(
         f"points flagged: {scored.loc[shift, 'is_anomaly'].mean():.0%} of the level shift, "
-        f"{scored.loc[far, 'is_anomaly'].mean():.2%} of the points more than 30 minutes from it"
+        f"{scored.loc[far, 'is_anomaly'].mean():.2%} of the points more than 40 minutes from it"
     )
     server, url = start_service(SERIES)
     try:

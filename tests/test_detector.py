@@ -179,6 +179,40 @@ def test_an_edited_or_damaged_json_is_one_model_format_error(fitted_ae, tmp_path
         Detector.load(tmp_path / "m")
 
 
+def test_without_validation_rows_the_saved_json_is_strict_json(normal_rows, tmp_path):
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    det = Detector(exclude=EXCLUDE, epochs=2, validation_fraction=0.0).fit(normal_rows.head(400))
+    assert np.isnan(det.history_["val_loss"]).all()
+    det.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "detector.json").read_text(), parse_constant=refuse)
+    assert meta["history"]["val_loss"] == [None, None]
+    assert np.isnan(Detector.load(tmp_path / "m").history_["val_loss"]).all()
+
+
+def test_scikit_learn_clones_a_detector_and_torchrun_is_refused(normal_rows, monkeypatch):
+    from sklearn.base import clone
+
+    from anomaly import AnomalyError
+
+    det = Detector(model="ae", hidden=(16, 8), epochs=3, exclude=EXCLUDE)
+    copy = clone(det)
+    assert copy is not det and copy.get_params() == det.get_params()
+    assert copy.set_params(epochs=5).epochs == 5
+    with pytest.raises(InputError, match="Detector has no parameter 'epoch'"):
+        copy.set_params(epoch=5)
+    from anomaly import ImageDetector, SequenceDetector
+
+    for other in (ImageDetector(size=16, hidden=[8, 16]), SequenceDetector(value_cols=["v"])):
+        assert clone(other).get_params() == other.get_params()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's: each process would train it all
+    with pytest.raises(AnomalyError, match="run it without torchrun"):
+        det.fit(normal_rows)
+
+
 def test_load_refuses_what_is_not_a_model(tmp_path):
     with pytest.raises(ModelFormatError, match="not a model directory"):
         Detector.load(tmp_path)
