@@ -72,12 +72,25 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
         for name in (schema.timestamp, *schema.values):
             if name not in point:
                 raise InputError(f"point {i}: missing field {name!r}", column=name, row=i)
+            value = point[name]
+            # JSON may carry a lone surrogate ("\ud800"), which no text column can hold.
+            if isinstance(value, str) and not value.isascii() and not _encodes(value):
+                raise InputError(f"point {i}: {name!r} holds an unpaired surrogate, not text",
+                                 column=name, row=i)  # fmt: skip
     frame = pd.DataFrame(
         [{k: p.get(k) for k in (schema.timestamp, *schema.values)} for p in points]
     )
     times = schema.seconds(frame[schema.timestamp])
     values = np.column_stack([_to_float(frame[c], c, 0) for c in schema.values])
     return times, values
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def push(detector, buffer: Buffer | None, times: np.ndarray, values: np.ndarray):
@@ -166,7 +179,8 @@ class RedisStreams:
     def __init__(self, url: str, ttl_s: float = 3600.0, prefix: str = "anomaly:stream:"):
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        # A stalled server answers an error after seconds, not a request that hangs for ever.
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.ttl_s, self.prefix = ttl_s, prefix
 
     def update(self, stream_id: str, detector, times: np.ndarray, values: np.ndarray) -> Pushed:
@@ -186,3 +200,10 @@ class RedisStreams:
                     return pushed
                 except redis.WatchError:
                     continue  # another request changed the stream first: read it again
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    message = f"the stream store (Redis) is unavailable: {exc}"
+                    raise StoreUnavailable(message) from None
+
+
+class StoreUnavailable(Exception):
+    """The shared stream store could not be reached: the service's fault, not the client's."""

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 NAME = "service-metrics"
 TOKEN = "local-stack-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Stack:
@@ -106,7 +107,7 @@ def test_up_starts_everything_and_serves_the_champion(stack):
     assert [line.split()[:2] for line in status.stdout.splitlines()] == [
         ["mlflow", "running"], ["service", "running"], ["prometheus", "running"]
     ]  # fmt: skip
-    model = httpx.get(f"{stack.service}/v1/model").json()
+    model = httpx.get(f"{stack.service}/v1/model", headers=AUTH).json()
     assert (model["name"], model["version"], model["alias"]) == (NAME, "1", "champion")
     assert httpx.get(f"{stack.mlflow}/health").status_code == 200
 
@@ -179,7 +180,9 @@ def test_a_promotion_is_followed_and_every_metric_in_rules_and_dashboard_is_scra
     client.set_registered_model_alias(NAME, "champion", second.version)
     deadline, versions = time.monotonic() + 60, []
     while time.monotonic() < deadline:
-        versions = [httpx.get(f"{stack.service}/v1/model").json()["version"] for _ in range(6)]
+        versions = [
+            httpx.get(f"{stack.service}/v1/model", headers=AUTH).json()["version"] for _ in range(6)
+        ]
         if set(versions) == {second.version}:
             break
         time.sleep(0.5)

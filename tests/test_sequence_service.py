@@ -3,6 +3,7 @@ the MLflow pyfunc and the CLI give the detector's numbers."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,10 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
         assert answer.json()["detail"][0]["loc"] == ["body", "points", 0, "value"]
         answer = client.post(url, json={"points": [{"value": 1.0}]})
         assert answer.status_code == 422 and "missing field 'timestamp'" in answer.text
+        for lone in ({"timestamp": "\ud800", "value": 1.0}, {"timestamp": "x", "value": "\udc00"}):
+            answer = client.post(url, content=json.dumps({"points": [lone]}),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+            assert answer.status_code == 422 and "unpaired surrogate" in answer.text
         # the refused requests changed nothing: the stream goes on from point 5
         answer = client.post(url, json={"points": points_of(series.iloc[5:WINDOW])})
         assert answer.json()["results"][-1]["anomaly_score"] is not None
@@ -107,6 +112,10 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
         assert answer.status_code == 409 and "/v1/streams/" in answer.text
         info = client.get("/v1/model").json()
         assert info["kind"] == "sequence" and info["schema"]["values"] == ["value"]
+        # streams flag windows: their threshold is the window calibrator's, said beside the other
+        assert info["window_threshold"] == float(
+            client.app.state.holder.current.detector.window_calibrator_.threshold_
+        )
 
 
 def test_streams_survive_a_hot_reload_and_memory_is_bounded(model_dir, detector, series):
@@ -226,3 +235,29 @@ def test_redis_buffers_let_any_replica_take_any_point(model_dir, detector, serie
 
     ttl = redis.Redis.from_url(redis_url).ttl("anomaly:stream:shared")
     assert 0 < ttl <= 60
+
+
+def test_an_unreachable_redis_is_a_503_not_a_500(model_dir, series):
+    s = settings(model_dir, stream_redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(s)) as client:
+        answer = client.post("/v1/streams/x/points", json={"points": points_of(series.iloc[:2])})
+        assert answer.status_code == 503 and "stream store (Redis) is unavailable" in answer.text
+
+
+def test_a_reload_to_another_kind_of_model_is_refused(detector, fitted_ae):
+    """An alias moved from a table model to a series model: the service keeps the table model
+    (a restart checks what a series model needs: one worker, or Redis)."""
+    import uuid
+
+    from anomaly.errors import ModelFormatError
+    from anomaly.service.model import ModelHolder
+
+    name = f"kinds-{uuid.uuid4().hex[:8]}"
+    registry.log_detector(fitted_ae, register=name)
+    series_version = registry.log_detector(detector, register=name).version
+    holder = ModelHolder(f"models:/{name}@champion")
+    holder.load()
+    registry.promote(name, series_version)
+    with pytest.raises(ModelFormatError, match="a sequence model; this service serves tabular"):
+        holder._reload_if_moved()
+    assert holder.current.ref.version == "1" and holder.current.detector.kind == "tabular"

@@ -105,6 +105,28 @@ def test_stream_answers_bad_lines_and_scores_the_rest(client, rows, fitted_vae):
     assert np.float32(out[4]["anomaly_score"]) == expected[2]
 
 
+def test_a_stream_line_past_the_limit_is_named_and_the_lines_before_it_are_scored(model_dir, rows):
+    records = [json.dumps(r).encode() for r in records_of(rows.head(3))]
+    limit = max(map(len, records)) + 10
+    long = json.dumps({**records_of(rows.head(1))[0], "pad": "x" * limit}).encode()
+    settings = Settings(model_uri=str(model_dir), max_line_bytes=limit)
+    with TestClient(create_app(settings)) as client:
+        # A long line that ends within the chunk: an error for it, the others scored.
+        body = b"\n".join([records[0], long, records[1]]) + b"\n"
+        out = _stream_body(client, body)
+        assert [o["line"] for o in out] == [0, 1, 2]
+        assert out[1] == {"line": 1, "error": f"line longer than {limit} bytes"}
+        assert "anomaly_score" in out[0] and "anomaly_score" in out[2]
+        # One that does not end: the complete lines before it are scored, then the stream stops.
+        body = b"\n".join([records[0], records[1], long])
+        out = _stream_body(client, body)
+        assert [o["line"] for o in out] == [0, 1, 2] and "error" in out[2]
+
+
+def _stream_body(client: TestClient, body: bytes) -> list[dict]:
+    return [json.loads(x) for x in client.post("/v1/score/stream", content=body).text.splitlines()]
+
+
 def _stream(client: TestClient, records: list[dict]) -> list[dict]:
     body = "".join(json.dumps(r) + "\n" for r in records).encode()
     answer = client.post("/v1/score/stream", content=body)
@@ -224,6 +246,12 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     answer = client.post("/invocations", content=json.dumps({"dataframe_records": [huge]}),
                          headers={"Content-Type": "application/json"})  # fmt: skip
     assert answer.status_code == 200 and answer.json()["predictions"][0]["host_id"] == 10**400
+    # An id next to a null stays an int (pandas alone would make the column float).
+    ids = [{**record, "host_id": 2**53 + 1}, {**record, "host_id": None}]
+    split = {"columns": list(ids[0]), "data": [list(r.values()) for r in ids]}
+    for body in ({"dataframe_records": ids}, {"dataframe_split": split}):
+        answer = client.post("/invocations", json=body)
+        assert [p["host_id"] for p in answer.json()["predictions"]] == [2**53 + 1, None], body
 
 
 def test_limits_answer_413(model_dir, rows):
@@ -287,10 +315,19 @@ def test_token_guards_scoring_not_health_or_metrics(model_dir, rows):
         right = {"Authorization": "Bearer s3cret"}
         assert client.post("/v1/score", json=body, headers=right).status_code == 200
         assert client.post("/v1/score/stream", content=b"{}\n").status_code == 401
-        for path in ("/healthz", "/readyz", "/metrics"):
+        # Before the body is read: a malformed one gets 401 too, not 422.
+        assert client.post("/v1/score", content=b"{oops").status_code == 401
+        assert client.get("/v1/model").status_code == 401  # the schema and levels are guarded
+        assert client.get("/v1/model", headers=right).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
             assert client.get(path).status_code == 200
+        assert 'endpoint="/v1/score",status="401"' in client.get("/metrics").text  # counted
     with pytest.raises(ValueError, match=r"(?s)api_token.*is empty"):  # "Bearer " would pass
         Settings(model_uri=str(model_dir), api_token=" ")
+    # A token from a file often ends in a line break: it is the token without it.
+    settings = Settings(model_uri=str(model_dir), api_token="s3cret\n")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/score", json=body, headers=right).status_code == 200
 
 
 def test_health_model_info_and_metrics(client, rows, fitted_vae):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_token is not None:
+        app.add_middleware(TokenGuard, token=settings.api_token.get_secret_value())
     app.add_middleware(RequestMetrics, routes=[*scoring.routes, *operations.routes])
     return app
 
@@ -112,6 +115,28 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     # FastAPI's own answer, minus the echoed input: an error never repeats a whole payload.
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+class TokenGuard:
+    """401 without ``Authorization: Bearer TOKEN`` (compared in constant time), before the
+    body is read: every path but health, metrics and the API's description."""
+
+    OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect",
+                      "/openapi.json", "/redoc"})  # fmt: skip
+
+    def __init__(self, app: ASGIApp, token: str):
+        self.app, self.expected = app, token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
+            response = JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            return await response(scope, _no_receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -137,24 +137,38 @@ def parse_invocations(
     if len(keys) != 1:
         raise InputError(f"the JSON body must have exactly one of the keys {MLFLOW_KEYS}")
     key, value = keys[0], data[keys[0]]
-    try:
-        if key == "dataframe_split":
-            if not isinstance(value, dict) or not isinstance(value.get("data"), list):
-                raise InputError("dataframe_split must be an object with 'columns' and 'data'")
-            frame = pd.DataFrame(value["data"], columns=value.get("columns"))
-        elif isinstance(value, list) and all(isinstance(r, dict) for r in value):
-            frame = pd.DataFrame.from_records(value)
-        elif key != "dataframe_records" and isinstance(value, dict):
-            frame = pd.DataFrame(value)  # columns of values
-        else:
-            raise InputError(f"{key} must be a list of records (objects)")
-    except (ValueError, TypeError) as exc:  # ragged rows, wrong column count, scalars...
-        raise InputError(f"{key} does not form a table: {exc}") from None
+    frame = _json_table(key, value)
     if len(frame) == 0:
         raise InputError(f"{key} holds no rows")
     if any(not isinstance(c, str) for c in frame.columns):
         raise InputError(f"{key}: column names must be strings")
+    # A table model's other columns pass through as sent: typed by pandas, an id next to a
+    # null would come back a float, and past 2**53 a wrong one.
+    passed = [] if schema is None else [c for c in frame.columns if c not in schema.names]
+    if passed:
+        sent = _json_table(key, value, dtype=object)
+        for i, name in enumerate(frame.columns):
+            if name in passed:
+                frame.isetitem(i, sent.iloc[:, i])  # the same layout, column for column
     return frame
+
+
+def _json_table(key: str, value: Any, dtype: type | None = None) -> pd.DataFrame:
+    """The table of one of MLflow's JSON layouts (values typed by pandas, or as sent)."""
+    try:
+        if key == "dataframe_split":
+            if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+                raise InputError("dataframe_split must be an object with 'columns' and 'data'")
+            return pd.DataFrame(value["data"], columns=value.get("columns"), dtype=dtype)
+        if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+            if dtype is None:
+                return pd.DataFrame.from_records(value)
+            return pd.DataFrame(value, dtype=dtype)
+        if key != "dataframe_records" and isinstance(value, dict):
+            return pd.DataFrame(value, dtype=dtype)  # columns of values
+        raise InputError(f"{key} must be a list of records (objects)")
+    except (ValueError, TypeError) as exc:  # ragged rows, wrong column count, scalars...
+        raise InputError(f"{key} does not form a table: {exc}") from None
 
 
 def parse_line(line: bytes, number: int) -> dict[str, Any]:

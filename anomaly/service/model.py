@@ -12,7 +12,8 @@ import numpy as np
 from anomaly import registry
 from anomaly.detector import Detector
 from anomaly.drift import ScoreDrift
-from anomaly.persistence import load_detector_dir
+from anomaly.errors import ModelFormatError
+from anomaly.persistence import load_detector_dir, read_kind
 from anomaly.service import metrics
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,14 @@ class ModelHolder:
     def load(self, ref: registry.ModelRef | None = None) -> ServedModel:
         """Load the model the URI names now (or ``ref``, already resolved), make it current."""
         ref = ref or registry.resolve(self.uri)
+        if self.current is not None and read_kind(ref.path) != self.current.detector.kind:
+            # Its routes, clients and stream state differ (and a sequence model may need one
+            # worker or Redis, which start-up checks): a new kind needs a restart.
+            raise ModelFormatError(
+                f"{self.uri} moved to version {ref.version}, a {read_kind(ref.path)} model; this "
+                f"service serves {self.current.detector.kind} models: restart it to serve the "
+                "new one"
+            )
         detector = load_detector_dir(ref.path, device=self.device)
         # a sequence model is served window by window: compare with its window scores
         reference = getattr(detector, "window_calibrator_", detector.calibrator_).scores_

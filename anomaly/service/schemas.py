@@ -94,7 +94,10 @@ class ModelInfo(BaseModel):
     kind: str = Field(description="tabular, sequence or image: the data it scores")
     model: str = Field(description="vae, ae or linear")
     score: str = Field(description="What anomaly_score measures")
-    threshold: float
+    threshold: float = Field(description="Threshold of the scores /v1/score and /invocations give")
+    window_threshold: float | None = Field(
+        None, description="Sequence models: the threshold of window scores, which streams flag"
+    )
     target_fpr: float
     trained_at: str
     loaded_at: str

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     @field_validator("api_token")
     @classmethod
     def _token_not_empty(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
         # An empty token (a secret that did not arrive) would let "Bearer " through.
-        if token is not None and not token.get_secret_value().strip():
+        if not token.get_secret_value().strip():
             raise ValueError("is empty; leave it unset for no token, or give one")
-        return token
+        # A secret made from a file often ends in a line break, which no header can carry.
+        return SecretStr(token.get_secret_value().strip())
