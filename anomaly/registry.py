@@ -22,6 +22,7 @@ import functools
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -518,14 +519,26 @@ def promote(name: str, version: str | int, alias: str = CHAMPION) -> str | None:
     """Point ``alias`` at ``version``; returns the version it named before (None if none).
 
     Promoting to ``champion`` hands ``previous`` to the champion it replaces, and records it on
-    the new champion, so that :func:`rollback` can go back more than one step.
+    the new champion, so that :func:`rollback` can go back more than one step. It moves the
+    champion under the promotion lock (see :func:`promote_if_champion`), as a retrain does.
     """
-    client = _client()
-    version = str(version)
+    client, version = _client(), str(version)
+    _check_loadable(client, name, version)
+    if alias != CHAMPION:
+        return _move_alias(client, name, version, alias)
+    with _promotion_lock(client, name, PROMOTION_WAIT_S, lease_s=600.0):
+        return _move_alias(client, name, version, alias)
+
+
+def _check_loadable(client, name: str, version: str) -> None:
+    """A version this package cannot load would break every service and job on its alias
+    (checked before the lock: it may download the model)."""
     with _mlflow_errors(f"model {name!r} has no version {version}"):
         client.get_model_version(name, version)
-    # A version this package cannot load would break every service and job on the alias.
     resolve(f"models:/{name}/{version}")
+
+
+def _move_alias(client, name: str, version: str, alias: str) -> str | None:
     with _mlflow_errors(f"cannot move the alias {alias!r} of {name!r}"):
         aliases = client.get_registered_model(name).aliases
         old = aliases.get(alias)
@@ -556,7 +569,8 @@ def promote_if_champion(
     (its holder died) is broken. Waiting longer than ``wait_s`` (default
     :data:`PROMOTION_WAIT_S`) for the lock raises :class:`~anomaly.errors.PromotionLocked`.
     """
-    client = _client()
+    client, version = _client(), str(version)
+    _check_loadable(client, name, version)
     wait_s = PROMOTION_WAIT_S if wait_s is None else wait_s
     with _promotion_lock(client, name, wait_s, lease_s):
         with _mlflow_errors(f"no registered model named {name!r}"):
@@ -564,7 +578,7 @@ def promote_if_champion(
         current = None if current is None else str(current)
         if current != str(expected):
             return False, current
-        promote(name, version)
+        _move_alias(client, name, version, CHAMPION)
         return True, current
 
 
@@ -575,10 +589,12 @@ def _promotion_lock(client, name: str, wait_s: float, lease_s: float) -> Iterato
     from mlflow.exceptions import MlflowException
 
     lock = f"{name}{LOCK_SUFFIX}"
+    # Says whose lock it is: one broken as stale and taken by another is not this one's to drop.
+    mine = f"held while {name} is promoted ({secrets.token_hex(8)})"
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            client.create_registered_model(lock, description=f"held while {name} is promoted")
+            client.create_registered_model(lock, description=mine)
             break
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -596,14 +612,21 @@ def _promotion_lock(client, name: str, wait_s: float, lease_s: float) -> Iterato
         yield
     finally:
         with contextlib.suppress(MlflowException):
-            client.delete_registered_model(lock)
+            if client.get_registered_model(lock).description == mine:
+                client.delete_registered_model(lock)
 
 
 def rollback(name: str) -> tuple[str, str]:
-    """Give ``champion`` back to ``previous``; returns (demoted version, new champion)."""
+    """Give ``champion`` back to ``previous``; returns (demoted version, new champion). Under
+    the promotion lock, as promotions are."""
+    client = _client()
+    with _promotion_lock(client, name, PROMOTION_WAIT_S, lease_s=600.0):
+        return _roll_back(client, name)
+
+
+def _roll_back(client, name: str) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
 
-    client = _client()
     with _mlflow_errors(f"no registered model named {name!r}"):
         aliases = client.get_registered_model(name).aliases
     if PREVIOUS not in aliases:

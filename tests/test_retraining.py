@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from anomaly import registry
 from anomaly.datasets import make_service_metrics
 from anomaly.detector import Detector
-from anomaly.errors import InputError, RegistryUnavailable
+from anomaly.errors import InputError, PromotionLocked, RegistryUnavailable
 from anomaly.retraining import GateRules, SchemaMismatch, apply_rules, compare_schema, retrain
 from pipelines import retrain as retrain_pipeline
 
@@ -277,3 +277,30 @@ def test_warm_start_needs_the_same_model_and_shape(fitted_ae, normal_rows):
         Detector(model="vae").fit(normal_rows, warm_start_from=fitted_ae)
     with pytest.raises(InputError, match="another shape: hidden"):
         Detector(model="ae", hidden=(8,)).fit(normal_rows, warm_start_from=fitted_ae)
+
+
+def test_promote_and_rollback_wait_for_the_lock_and_a_holder_drops_only_its_own(
+    fitted_ae, monkeypatch
+):
+    name = f"locked-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        registry.log_detector(fitted_ae, register=name)
+    lock = name + "--promotion-lock"
+    client = MlflowClient()
+    client.create_registered_model(lock)  # a retrain promoting at this moment
+    monkeypatch.setattr(registry, "PROMOTION_WAIT_S", 0.3)
+    with pytest.raises(PromotionLocked):
+        registry.promote(name, "2")
+    client.delete_registered_model(lock)
+    assert registry.promote(name, "2") == "1"
+    client.create_registered_model(lock)
+    with pytest.raises(PromotionLocked):
+        registry.rollback(name)
+    assert aliases(name) == {"champion": "2", "previous": "1"}  # neither moved anything
+    client.delete_registered_model(lock)
+    # A holder whose lock was broken as stale, and taken by another, leaves the other's lock.
+    with registry._promotion_lock(client, name, wait_s=1.0, lease_s=600.0):
+        client.delete_registered_model(lock)
+        client.create_registered_model(lock, description="another promotion's")
+    assert client.get_registered_model(lock).description == "another promotion's"
+    client.delete_registered_model(lock)
