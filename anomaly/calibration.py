@@ -28,6 +28,12 @@ THRESHOLD_METHODS = ("quantile", "evt")
 EVT_MIN_SCORES = 100  # fewer leave too few peaks above the tail level to fit
 
 
+def conformal_rank(n: int, target_fpr: float) -> int:
+    """⌈(n+1)(1-α)⌉, less a hair: (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats, whose
+    ceiling would be 4."""
+    return math.ceil((n + 1) * (1.0 - target_fpr) * (1.0 - 1e-12))
+
+
 class Calibrator:
     """Threshold and p-values from calibration scores.
 
@@ -93,8 +99,7 @@ class Calibrator:
 
     def _quantile(self) -> float:
         n = len(self.scores_)
-        # (less a hair: (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats, whose ceiling is 4)
-        rank = math.ceil((n + 1) * (1.0 - self.target_fpr) - 1e-9)
+        rank = conformal_rank(n, self.target_fpr)
         if rank > n:
             log.warning(
                 "%d calibration rows cannot support a %.4g false-positive rate (needs %.4g); "

@@ -119,7 +119,7 @@ class Detector(AutoencoderDetector):
         progress: bool = False,
     ):
         self.model = model
-        self.hidden = None if hidden is None else tuple(hidden)  # as a saved model's list
+        self.hidden = tuple(hidden) if isinstance(hidden, list) else hidden  # as saved
         self.latent = latent
         self.dropout = dropout
         self.denoise = denoise

@@ -50,10 +50,10 @@ class AutoencoderDetector:
     def set_params(self, **params) -> Self:
         """Set constructor arguments by name, as scikit-learn's ``clone`` and searches do."""
         valid = self.get_params()
-        for name, value in params.items():
+        for name in params:
             if name not in valid:
                 raise InputError(f"{type(self).__name__} has no parameter {name!r}")
-            setattr(self, "score_method" if name == "score" else name, value)
+        type(self).__init__(self, **(valid | params))  # as the constructor keeps them
         return self
 
     def _score_method(self) -> str:
@@ -79,6 +79,8 @@ class AutoencoderDetector:
         self._check_types()
         if self.latent is not None and self.latent < 1:
             raise InputError(f"latent must be at least 1, got {self.latent}")
+        if isinstance(self.hidden, str):
+            raise InputError(f"hidden must be layer widths, e.g. (64, 32), not {self.hidden!r}")
         widths = self.hidden if isinstance(self.hidden, list | tuple) else ()
         if not all(_is_count(h) and h >= 1 for h in widths):
             raise InputError(f"hidden widths must be at least 1, got {tuple(self.hidden)}")
@@ -109,8 +111,12 @@ class AutoencoderDetector:
         for name, param in inspect.signature(type(self).__init__).parameters.items():
             value = getattr(self, "score_method" if name == "score" else name, None)
             default = param.default
-            if name == "self" or value is None or isinstance(value, tuple | list):
+            if name == "self" or isinstance(value, tuple | list):
                 continue
+            if value is None:
+                if default is None or default is inspect.Parameter.empty:
+                    continue
+                raise InputError(f"{name} must be given, not None (default {default!r})")
             if isinstance(default, bool):
                 wrong = not isinstance(value, bool | np.bool_)
                 kind = "True or False"
@@ -231,8 +237,9 @@ class AutoencoderDetector:
             det._restore_state(meta)
         except AnomalyError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            # An edited or damaged JSON: one line, not a traceback from deep inside.
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            # An edited or damaged JSON (torch refuses a negative size): one line, not a
+            # traceback from deep inside.
             what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
             raise ModelFormatError(
                 f"{Path(path) / META_FILE} does not describe a model: {what}"

@@ -142,7 +142,7 @@ class ImageDetector(AutoencoderDetector):
         self.model = model
         self.size = size
         self.channels = channels
-        self.hidden = None if hidden is None else tuple(hidden)  # as a saved model's list
+        self.hidden = tuple(hidden) if isinstance(hidden, list) else hidden  # as saved
         self.latent = latent
         self.dropout = dropout
         self.denoise = denoise
@@ -266,6 +266,8 @@ class ImageDetector(AutoencoderDetector):
             x_cal = x[np.sort(cal_idx)]
         else:
             x_cal, _ = self._load(calibration_data)
+        # evt's least number of calibration images: before training, not after
+        Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check(len(x_cal))
         n_val = round(self.validation_fraction * len(order))
         if len(order) - n_val < _MIN_TRAIN_IMAGES:
             raise InputError(

@@ -24,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
@@ -50,7 +51,7 @@ def save_model_dir(path: str | Path, meta: dict, tensors: dict[str, torch.Tensor
         (staging / WEIGHTS_FILE).write_bytes(weights)
         meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": _sha256(weights)}
         with open(staging / META_FILE, "w") as fh:
-            json.dump(meta, fh, indent=1)
+            json.dump(meta, fh, indent=1, default=_plain)
         if path.exists():
             check_target(path)  # again: it may have changed while the weights were written
         replace_dir(staging, path)
@@ -146,6 +147,13 @@ def _read_model_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if expected is not None and _sha256(weights) != expected:
         raise _Torn(f"{weights_path} is not the weights saved with {META_FILE} (SHA-256 differs)")
     return meta, tensors
+
+
+def _plain(value: object) -> object:
+    """numpy numbers and arrays (a size given as np.int64, say) as JSON's numbers and lists."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _sha256(data: bytes) -> str:

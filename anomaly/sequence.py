@@ -114,7 +114,7 @@ class SequenceDetector(AutoencoderDetector):
     ):
         self.timestamp_col = timestamp_col
         self.series_col = series_col
-        self.value_cols = None if value_cols is None else tuple(value_cols)  # as exclude
+        self.value_cols = tuple(value_cols) if isinstance(value_cols, list) else value_cols
         self.exclude = tuple(exclude)
         self.model = model
         self.arch = arch
@@ -233,6 +233,8 @@ class SequenceDetector(AutoencoderDetector):
                 f"of each) holds no gap-free stretch of one window ({self.window} points): "
                 "give longer series, a larger calibration_fraction or a shorter window"
             )
+        # evt's least number of calibration windows: before training, not after
+        Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check(len(cal_starts))
 
         arch, module = self._initial_module(
             warm_start_from, lambda: self._architecture(len(schema.values))

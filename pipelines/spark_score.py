@@ -1,16 +1,18 @@
 """Batch scoring on Spark, through the model's MLflow ``spark_udf``.
 
-    python -m pipelines.spark_score --model URI --input IN.{csv,parquet} --output OUT_DIR
+    python -m pipelines.spark_score --model URI --input IN --output OUT_DIR
         [--format parquet|csv] [--master local[*]]
+
+IN: a CSV file, a glob of CSV files (quoted: 'rows/*.csv'), or Parquet (a file or a folder).
 
 Each executor loads the same MLflow pyfunc that ``mlflow.pyfunc.load_model`` gives, and so the
 same :meth:`Detector.score`: the rows come out with the scores ``anomaly score`` writes. CSV input
 is read as text, as ``anomaly score`` reads it (RFC 4180: quoted line breaks, doubled quotes; a
 row with fields missing or extra is an error), so both parse values the same way. A CSV file with
 quotes in it is read by one task, as a quoted line break cannot be found from the middle of the
-file: give Parquet, or several files, for parallel reading. The output is every input column
-plus ``anomaly_score``, ``is_anomaly``, ``p_value`` and ``top_features``; a local output folder
-is replaced only when the job succeeds.
+file: give Parquet, or several files by a glob, for parallel reading. The output is every input
+column plus ``anomaly_score``, ``is_anomaly``, ``p_value`` and ``top_features``; an output
+folder on this machine's disk (Spark running locally) is replaced only when the job succeeds.
 
 Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 75 the MLflow server
 unreachable or failing (retry), 1 anything else.
@@ -19,11 +21,13 @@ unreachable or failing (retry), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from anomaly import AnomalyError, registry
@@ -49,15 +53,16 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
     detector = registry.load_detector(ref.path)
     if detector.kind != "tabular":  # Spark's batches would cut a series; images are no rows
         raise InputError(f"Spark scores table models; {model_uri} holds a {detector.kind} one")
-    if _local(input_path) and not Path(input_path).exists():
+    local = _on_this_disk(spark)
+    if local(input_path) and not glob.has_magic(input_path) and not Path(input_path).exists():
         raise InputError(f"no such file or folder: {input_path}")
     # A local output is written beside its place and renamed in: a failed job leaves the
     # previous output as it was (Spark's overwrite would have deleted it first).
-    target = Path(os.path.realpath(output_path)) if _local(output_path) else None
+    target = Path(os.path.realpath(output_path)) if local(output_path) else None
     if target is not None and target.exists() and not target.is_dir():
         raise InputError(f"{output_path} is a file; Spark writes a folder of parts")
     written = str(hidden_sibling(target)) if target is not None else output_path
-    frame = _read(spark, input_path)
+    frame = _read(spark, input_path, local(input_path))
     missing = [c for c in detector.schema_.names if c not in frame.columns]
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])
@@ -78,7 +83,7 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
         except Exception as exc:  # Spark wraps the worker's exception in its own
             if target is not None:
                 shutil.rmtree(written, ignore_errors=True)
-            reason = _input_error_in(str(exc), input_path, frame.columns)
+            reason = _input_error_in(str(exc), input_path, frame.columns, local(input_path))
             if reason is None:
                 raise
             raise InputError(f"{input_path}: {reason}") from None
@@ -86,7 +91,7 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
         replace_dir(Path(written), target)
 
 
-def _input_error_in(text: str, input_path: str, header: list[str]) -> str | None:
+def _input_error_in(text: str, input_path: str, header: list[str], local: bool) -> str | None:
     """The detector's message in a failed job's error, or the row that does not fit the
     header (Spark's FAILFAST names none)."""
     marker = "anomaly.errors.InputError: "
@@ -94,7 +99,8 @@ def _input_error_in(text: str, input_path: str, header: list[str]) -> str | None
         if marker in line:
             return line.split(marker, 1)[1].strip()
     if "Malformed records are detected" in text:
-        ragged = first_ragged_row(Path(input_path), len(header)) if _local(input_path) else None
+        one_file = local and not glob.has_magic(input_path)
+        ragged = first_ragged_row(Path(input_path), len(header)) if one_file else None
         if ragged is None:
             return "a row's fields do not match the header"
         row, fields = ragged
@@ -105,22 +111,26 @@ def _input_error_in(text: str, input_path: str, header: list[str]) -> str | None
     return None
 
 
-def _read(spark, path: str):
-    if path.endswith(".parquet") or Path(path).is_dir():
+def _read(spark, path: str, local: bool):
+    if path.endswith(".parquet") or (local and Path(path).is_dir()):
         return spark.read.parquet(path)
     # Text, like `anomaly score`: the detector parses values itself and names bad ones.
+    quoted = not local or any(_has_quotes(Path(p)) for p in glob.glob(path))
     return (
         spark.read.option("header", True)
         .option("inferSchema", False)
         .option("escape", '"')  # a quote inside a quoted value is doubled (RFC 4180)
-        .option("multiLine", not _local(path) or _has_quotes(Path(path)))
+        .option("multiLine", quoted)
         .option("mode", "FAILFAST")  # a row with fields missing or extra is an error
         .csv(path)
     )
 
 
-def _local(path: str) -> bool:
-    return "://" not in path
+def _on_this_disk(spark) -> Callable[[str], bool]:
+    """Whether a path is on this machine's disk: no scheme, and Spark running here (on a
+    cluster, a bare path is on its default file system, HDFS say)."""
+    here = spark.sparkContext.master.startswith("local")
+    return lambda path: here and "://" not in path
 
 
 def _has_quotes(path: Path) -> bool:
@@ -145,7 +155,9 @@ def _mlflow_model(ref: registry.ModelRef, scratch: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model directory or MLflow model URI")
-    parser.add_argument("--input", required=True, help="CSV file, or Parquet file or directory")
+    parser.add_argument(
+        "--input", required=True, help="CSV file, glob of CSV files, or Parquet file or folder"
+    )
     parser.add_argument("--output", required=True, help="output directory (Spark writes parts)")
     parser.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     parser.add_argument("--master", default="local[*]", help="Spark master (default local[*])")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from anomaly.calibration import Calibrator
+from anomaly.calibration import Calibrator, conformal_rank
 from anomaly.errors import InputError
 
 
@@ -73,6 +73,8 @@ def test_evt_settings_it_cannot_meet_are_input_errors_not_libspots():
 def test_the_conformal_rank_is_not_one_too_high_by_rounding():
     # (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats: the rank is 3, not 4.
     assert Calibrator(target_fpr=0.7).fit(np.arange(9.0)).threshold_ == 2.0
+    assert conformal_rank(10**8 - 1, 0.7) == 30_000_000  # a fixed 1e-9 was too little here
+    assert conformal_rank(99, 0.05) == 95 and conformal_rank(100, 0.05) == 96
 
 
 def test_state_round_trips_through_dict():

@@ -167,6 +167,7 @@ def _edit(path, value):
         (_edit(["params", "bogus"], 1), "does not describe a model: .*'bogus'"),
         (_edit(["calibration", "scores"], lambda s: s[::-1]), "in ascending order"),
         (_edit(["calibration", "scores"], []), "in ascending order"),
+        (_edit(["architecture", "latent"], -1), "does not describe a model: .*negative"),
     ],
 )
 def test_an_edited_or_damaged_json_is_one_model_format_error(fitted_ae, tmp_path, edit, message):
@@ -208,6 +209,9 @@ def test_scikit_learn_clones_a_detector_and_torchrun_is_refused(normal_rows, mon
 
     for other in (ImageDetector(size=16, hidden=[8, 16]), SequenceDetector(value_cols=["v"])):
         assert clone(other).get_params() == other.get_params()
+    # set_params keeps values as the constructor does, so a clone after it works too
+    assert clone(Detector().set_params(hidden=[16, 8])).hidden == (16, 8)
+    assert clone(SequenceDetector().set_params(value_cols=["v"])).value_cols == ("v",)
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's: each process would train it all
     with pytest.raises(AnomalyError, match="run it without torchrun"):
         det.fit(normal_rows)
@@ -274,6 +278,8 @@ def test_bad_parameters_are_refused_at_fit(normal_rows):
         ({"hidden": (8.7,)}, r"hidden widths must be at least 1, got \(8\.7,\)"),
         ({"target_fpr": "0.1"}, "target_fpr must be a number, got '0.1'"),
         ({"progress": "yes"}, "progress must be True or False, got 'yes'"),
+        ({"validation_fraction": None}, "validation_fraction must be given, not None"),
+        ({"hidden": "64,32"}, "hidden must be layer widths, e.g. \\(64, 32\\), not '64,32'"),
         ({"threshold_method": "evt", "target_fpr": 0.2}, "reaches rates below 0.1"),
         ({"threshold_method": "evt"}, "the evt threshold needs at least 100 calibration rows"),
         ({"device": "tpu"}, "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),

@@ -327,11 +327,14 @@ def test_pyfunc_takes_wrapped_base64(fitted):
     assert out["anomaly_score"][0] == out["anomaly_score"][1]
 
 
-def test_denoising_trains():
+def test_denoising_trains(tmp_path):
     det = ImageDetector(model="vae", denoise=0.3, device="cpu", **{**FAST, "epochs": 3})
     scores = det.fit(stripes(60, seed=0)).score_samples(stripes(10, seed=1))
     assert det.training_summary_["epochs_run"] == 3
     assert np.isfinite(scores).all()
+    # numpy numbers in the settings (a size from an array's shape) save as JSON numbers
+    det.set_params(size=np.int64(SIZE), epochs=np.int64(3)).save(tmp_path / "m")
+    assert ImageDetector.load(tmp_path / "m").image_size_ == (SIZE, SIZE)
 
 
 def test_maps_localise_a_defect(fitted):
@@ -456,3 +459,15 @@ def test_an_image_model_refuses_a_csv_file(tmp_path):
     detector = ImageDetector.__new__(ImageDetector)  # the kind alone decides: no fit needed
     with pytest.raises(InputError, match="an image model scores images, not a CSV file"):
         score_csv(detector, tmp_path / "rows.csv", tmp_path / "out.csv", progress=False)
+
+
+def test_evt_without_enough_calibration_images_is_refused_before_training(monkeypatch):
+    import anomaly.estimator
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the settings were refused")
+
+    monkeypatch.setattr(anomaly.estimator, "train", no_training)
+    det = ImageDetector(threshold_method="evt", target_fpr=0.001, device="cpu", **FAST)
+    with pytest.raises(InputError, match="needs at least 100 calibration rows, got 12"):
+        det.fit(stripes(60, seed=0))

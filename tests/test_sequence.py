@@ -297,3 +297,16 @@ def test_a_wild_training_value_keeps_a_finite_scale():
     later = frame.assign(t=frame["t"] + n).iloc[:40].copy()
     later.loc[20, "v"] = 1e30
     assert det.score(later)["is_anomaly"].iloc[20]
+
+
+def test_evt_without_enough_calibration_windows_is_refused_before_training(monkeypatch):
+    import anomaly.estimator
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the settings were refused")
+
+    monkeypatch.setattr(anomaly.estimator, "train", no_training)
+    det = SequenceDetector(series_col="host", exclude=["label"], threshold_method="evt",
+                           target_fpr=0.001, window=16)  # fmt: skip
+    with pytest.raises(InputError, match="needs at least 100 calibration rows"):
+        det.fit(make_metric_series(300, 2))

@@ -319,7 +319,7 @@ def test_token_guards_scoring_not_health_or_metrics(model_dir, rows):
         assert client.post("/v1/score", content=b"{oops").status_code == 401
         assert client.get("/v1/model").status_code == 401  # the schema and levels are guarded
         assert client.get("/v1/model", headers=right).status_code == 200
-        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/healthz/"):
             assert client.get(path).status_code == 200
         assert 'endpoint="/v1/score",status="401"' in client.get("/metrics").text  # counted
     with pytest.raises(ValueError, match=r"(?s)api_token.*is empty"):  # "Bearer " would pass

@@ -127,6 +127,9 @@ def test_a_ragged_row_is_named_and_a_failed_job_keeps_the_last_output(spark, mod
     with pytest.raises(InputError, match="'fast' is not a number"):
         spark_score.score(spark, model_uri, str(tmp_path / "bad.csv"), str(tmp_path / "out"))
     pd.testing.assert_frame_equal(read_parts(tmp_path / "out"), before)
+    # Files by a glob are CSV files (read in parallel), not a path that does not exist.
+    spark_score.score(spark, model_uri, str(tmp_path / "go*.csv"), str(tmp_path / "out"))
+    pd.testing.assert_frame_equal(read_parts(tmp_path / "out"), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.csv", "good.csv", "out", "short.csv"
     ]  # fmt: skip
