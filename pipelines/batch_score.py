@@ -1,8 +1,9 @@
 """Batch scoring for schedulers (cron, Airflow, a Kubernetes Job).
 
-    python -m pipelines.batch_score --model URI --input IN.csv --output OUT.csv
+    python -m pipelines.batch_score --model URI --input IN.csv --output OUT.csv [--device cpu]
 
-URI: a model directory, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model.
+URI: a model directory, models:/NAME@ALIAS, models:/NAME/VERSION, models:/MODEL_ID or
+runs:/RUN_ID/model.
 
 Exit codes: 0 scored, 2 bad input or model (the reason on stderr), 75 the MLflow server
 unreachable or failing (retry), 1 anything else.

@@ -217,4 +217,6 @@ def time_series() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:]:  # it takes none: `--help` would otherwise run the whole demo
+        sys.exit(f"{__doc__}\nusage: python -m pipelines.demo (no arguments; `make demo` runs it)")
     main()

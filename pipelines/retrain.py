@@ -1,7 +1,7 @@
 """Retraining for schedulers (cron, Airflow, a Kubernetes CronJob).
 
     python -m pipelines.retrain --name NAME --data NEW_NORMAL [--mode fresh|finetune|append]
-        [--holdout 0.2] [--anomalies ANOMALIES]
+        [--holdout 0.2] [--anomalies ANOMALIES] [--epochs N]
 
 NEW_NORMAL and ANOMALIES are read as the champion reads: a CSV file of table rows or time
 series, or images (a folder or array file).

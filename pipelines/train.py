@@ -1,7 +1,7 @@
 """Training for schedulers: fit a detector on a CSV of normal rows and save it.
 
     python -m pipelines.train --data NORMAL.csv (--out MODEL_DIR | --register NAME) [--model vae]
-        [--exclude COL ...]
+        [--exclude COL ...] [--target-fpr 0.01] [--device auto]
 
 With --register, the run and the model go to MLflow (MLFLOW_TRACKING_URI, or ./mlflow.db).
 
