@@ -68,11 +68,16 @@ def replace_dir(staging: Path, path: Path) -> None:
     if not path.exists():
         os.replace(staging, path)
         return
-    old = path.with_name(f".{path.name}.old")
+    old = _aside(path)
     shutil.rmtree(old, ignore_errors=True)
     os.replace(path, old)
     os.replace(staging, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _aside(path: Path) -> Path:
+    """Where :func:`replace_dir` moves the folder it replaces, while it swaps."""
+    return path.with_name(f".{path.name}.old")
 
 
 def check_target(path: str | Path) -> None:
@@ -118,13 +123,9 @@ def _read_model_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     meta_path, weights_path = path / META_FILE, path / WEIGHTS_FILE
     try:
         meta_text, weights = meta_path.read_text(), weights_path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        if path.with_name(f".{path.name}.old").exists():  # a save is swapping it in
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        if _aside(path).exists():  # a save is swapping it in
             raise _Torn(f"{path} was being replaced while read") from None
-        raise ModelFormatError(
-            f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})"
-        ) from None
-    except IsADirectoryError:
         raise ModelFormatError(
             f"{path} is not a model directory (needs {META_FILE} and {WEIGHTS_FILE})"
         ) from None

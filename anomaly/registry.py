@@ -49,6 +49,8 @@ LOADER_MODULE = "anomaly.pyfunc"
 REPLACED_TAG = "anomaly.replaced_version"
 # How long a gated promotion waits for another one to finish before giving up.
 PROMOTION_WAIT_S = 30.0
+# A promotion lock older than this is taken to be a dead holder's, and broken.
+PROMOTION_LEASE_S = 600.0
 LOCK_SUFFIX = "--promotion-lock"  # the registered model NAME--promotion-lock is NAME's lock
 _PROJECTION_ROWS = 5000
 
@@ -526,7 +528,7 @@ def promote(name: str, version: str | int, alias: str = CHAMPION) -> str | None:
     _check_loadable(client, name, version)
     if alias != CHAMPION:
         return _move_alias(client, name, version, alias)
-    with _promotion_lock(client, name, PROMOTION_WAIT_S, lease_s=600.0):
+    with _promotion_lock(client, name, PROMOTION_WAIT_S, PROMOTION_LEASE_S):
         return _move_alias(client, name, version, alias)
 
 
@@ -558,7 +560,7 @@ def promote_if_champion(
     expected: str,
     *,
     wait_s: float | None = None,
-    lease_s: float = 600.0,
+    lease_s: float = PROMOTION_LEASE_S,
 ) -> tuple[bool, str | None]:
     """Make ``version`` champion only if ``expected`` still is; returns (promoted, champion seen).
 
@@ -620,7 +622,7 @@ def rollback(name: str) -> tuple[str, str]:
     """Give ``champion`` back to ``previous``; returns (demoted version, new champion). Under
     the promotion lock, as promotions are."""
     client = _client()
-    with _promotion_lock(client, name, PROMOTION_WAIT_S, lease_s=600.0):
+    with _promotion_lock(client, name, PROMOTION_WAIT_S, PROMOTION_LEASE_S):
         return _roll_back(client, name)
 
 

@@ -65,11 +65,12 @@ class ModelHolder:
     def load(self, ref: registry.ModelRef | None = None) -> ServedModel:
         """Load the model the URI names now (or ``ref``, already resolved), make it current."""
         ref = ref or registry.resolve(self.uri)
-        if self.current is not None and read_kind(ref.path) != self.current.detector.kind:
+        kind = read_kind(ref.path)
+        if self.current is not None and kind != self.current.detector.kind:
             # Its routes, clients and stream state differ (and a sequence model may need one
             # worker or Redis, which start-up checks): a new kind needs a restart.
             raise ModelFormatError(
-                f"{self.uri} moved to version {ref.version}, a {read_kind(ref.path)} model; this "
+                f"{self.uri} moved to version {ref.version}, a {kind} model; this "
                 f"service serves {self.current.detector.kind} models: restart it to serve the "
                 "new one"
             )

@@ -225,10 +225,14 @@ async def _stream_parts(request: Request, batch_lines: int, max_line: int) -> As
             yield await _score_lines(request, group, number, max_line)
             number += len(group)
         if len(pending) > max_line:  # an unfinished line past the limit: stop buffering it
-            yield _line({"line": number, "error": f"line longer than {max_line} bytes"})
+            yield _line(_too_long(number, max_line))
             return
     if pending.strip():
         yield await _score_lines(request, [pending], number, max_line)
+
+
+def _too_long(number: int, max_line: int) -> dict:
+    return {"line": number, "error": f"line longer than {max_line} bytes"}
 
 
 async def _score_lines(request: Request, lines: list[bytes], first: int, max_line: int) -> bytes:
@@ -240,8 +244,7 @@ async def _score_lines(request: Request, lines: list[bytes], first: int, max_lin
         if not line.strip():
             continue
         if len(line) > max_line:
-            out[first + offset] = {"line": first + offset,
-                                   "error": f"line longer than {max_line} bytes"}  # fmt: skip
+            out[first + offset] = _too_long(first + offset, max_line)
             continue
         try:
             records[first + offset] = parse_line(line, first + offset)
