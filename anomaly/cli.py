@@ -278,14 +278,20 @@ def train(
 
 
 def _report(detector, out, register, data: Path, frame=None, is_anomaly=None) -> None:
-    """Say what was trained; save and/or log and register it."""
+    """Say what was trained; save and/or log and register it: under torchrun, from the first
+    process only (every process holds the same model)."""
+    from anomaly.training import workers
+
+    if not workers().main:
+        return
     summary = detector.training_summary_
     unit = {"tabular": "rows", "sequence": "windows", "image": "images"}[detector.kind]
     target_fpr = detector.target_fpr
+    processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
     typer.echo(
         f"trained {detector.model} on {summary['n_train']} {unit} ({summary['epochs_run']} "
-        "epochs, "
-        f"{summary['device']}); threshold {detector.threshold_:.6g} at target FPR {target_fpr} "
+        f"epochs, {summary['device']}{processes}); threshold {detector.threshold_:.6g} at "
+        f"target FPR {target_fpr} "
         f"from {summary['n_calibration']} calibration {unit}"
     )
     if out is not None:

@@ -12,7 +12,6 @@ import datetime as dt
 import inspect
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from anomaly.calibration import Calibrator
 from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
 from anomaly.persistence import META_FILE, load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS
-from anomaly.training import TrainConfig, resolve_device, train
+from anomaly.training import TrainConfig, resolve_device, train, workers
 
 
 class AutoencoderDetector:
@@ -97,12 +96,6 @@ class AutoencoderDetector:
             raise InputError(f"seed must be below 2**64, got {self.seed}")
         Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
         resolve_device(self.device)  # an unknown or absent device is refused before any work
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise AnomalyError(
-                "anomaly trains in one process; under torchrun (WORLD_SIZE="
-                f"{os.environ['WORLD_SIZE']}) each process would train the whole model and "
-                "save it to the same place: run it without torchrun"
-            )
 
     def _check_types(self) -> None:
         """Each number of its default's type: a whole number where things are counted (epochs,
@@ -189,6 +182,7 @@ class AutoencoderDetector:
             "epochs_run": len(history["train_loss"]),
             "train_seconds": round(seconds, 3),
             "device": str(device),
+            "processes": workers().world,
         }
 
     def _check_fitted(self) -> None:

@@ -330,6 +330,7 @@ def _run_params(detector, data_source: str | None) -> dict:
         "validation_rows": summary["n_validation"],
         "calibration_rows": summary["n_calibration"],
         "trained_on": summary["device"],
+        "train_processes": summary.get("processes", 1),  # torchrun's; none saved before it
     }
     if detector.kind == "tabular":
         arch = detector.architecture_

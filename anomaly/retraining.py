@@ -30,10 +30,11 @@ from anomaly import registry
 from anomaly.data.images import ImageSource, load_images
 from anomaly.data.tabular import TabularSchema, read_csv
 from anomaly.detector import Detector
-from anomaly.errors import InputError, PromotionLocked, RegistryError
+from anomaly.errors import AnomalyError, InputError, PromotionLocked, RegistryError
 from anomaly.image import ImageDetector
 from anomaly.persistence import load_detector_dir
 from anomaly.sequence import SequenceDetector
+from anomaly.training import workers
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,11 @@ def retrain(
         (a time series with no gap-free stretch of one window), or when appended points of a
         series do not come after the champion's.
     """
+    if workers().world > 1:  # each process would gate, register and promote its own
+        raise AnomalyError(
+            "retrain runs in one process; run it without torchrun (train a model under "
+            "torchrun with `anomaly train --register`, then promote it)"
+        )
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r}; choose one of {MODES}")
     if not 0.0 < holdout < 1.0:

@@ -3,6 +3,12 @@
 Kept as one function on purpose: no trainer class, no callbacks. What it needs to know comes in
 a :class:`TrainConfig`; what it learned goes out as the model's best weights and a loss history.
 
+Under ``torchrun`` (data-parallel training, one process per GPU or per share of a CPU's cores)
+the same function runs in every process: each trains on its own share of the rows, with its
+share of each batch, and torch's ``DistributedDataParallel`` averages the gradients, so every
+process takes the same steps and ends with the same weights, as one process would training on
+the whole batch. Losses are averaged across processes too, so all stop early at the same epoch.
+
 On a GPU, a training step of these small models is a few dozen tiny kernels, and launching them
 from Python costs more than running them. So there, after a few eager warm-up steps, the whole
 step (gather the batch, forward, backward, AdamW) is captured once as a CUDA graph and replayed:
@@ -11,14 +17,18 @@ two launches a step instead of ~50, the same arithmetic.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from anomaly.errors import InputError
@@ -44,12 +54,53 @@ class TrainConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the processes ``torchrun`` started: its ``rank`` of
+    ``world``, and ``local_rank`` on its machine. Without torchrun: the one process, rank 0."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the process that reports, saves and registers (rank 0)."""
+        return self.rank == 0
+
+
+def workers() -> Workers:
+    """Read from the variables ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    try:
+        place = Workers(*(int(os.environ.get(k, d)) for k, d in _WORKER_VARIABLES))
+    except ValueError as exc:
+        raise InputError(
+            f"torchrun's RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers: {exc}"
+        ) from exc
+    if not (place.world >= 1 and 0 <= place.rank < place.world and place.local_rank >= 0):
+        raise InputError(f"torchrun's variables do not fit together: {place}")
+    return place
+
+
+_WORKER_VARIABLES = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
+
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` means CUDA when present, else CPU; else one of :data:`DEVICE_FORMS`, which
-    must be present here. Anything else is an :class:`~anomaly.errors.InputError`."""
+    must be present here. Anything else is an :class:`~anomaly.errors.InputError`.
+
+    Under torchrun, ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:LOCAL_RANK``, and
+    a GPU named by its number is refused, as is MPS."""
+    place = workers()
+    if name in ("auto", "cuda") and torch.cuda.is_available() and place.world > 1:
+        if place.local_rank >= torch.cuda.device_count():
+            raise InputError(
+                f"torchrun started process {place.local_rank} on a machine with "
+                f"{torch.cuda.device_count()} CUDA device(s): start one process per GPU"
+            )
+        return torch.device("cuda", place.local_rank)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -61,6 +112,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {name!r} was asked for, but CUDA is not available here")
+        if place.world > 1:  # every process would share that one GPU
+            raise InputError(
+                f"device {name!r} under torchrun: give auto or cuda, and each process takes "
+                "its own GPU (cuda:LOCAL_RANK)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(
                 f"device {name!r} was asked for, but this machine has "
@@ -68,6 +124,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {name!r} was asked for, but MPS is not available here")
+    if device.type == "mps" and place.world > 1:
+        raise InputError("torchrun trains on CUDA GPUs or CPUs, not on MPS")
     return device
 
 
@@ -97,13 +155,35 @@ def train(
 ) -> dict[str, list[float]]:
     """Fit ``model`` in place on normal rows; returns the per-epoch loss history.
 
-    The weights kept are those of the epoch with the lowest validation loss.
+    The weights kept are those of the epoch with the lowest validation loss. Under torchrun
+    every process is given the same rows and trains on its share of them (see the module's
+    docstring); ``config.batch_size`` is the batch of all processes together.
     """
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    place = workers()
+    distributed = place.world > 1
+    if distributed:
+        _join_workers(device)
+    # Each process its own random numbers (dropout, noise, the VAE's samples, its order of rows)
+    seed = (config.seed + place.rank) % 2**64
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     model.to(device)
-    train_x, val_x = to_device(x_train, device), to_device(x_val, device)
-    graphed = config.cuda_graph and train_x.is_cuda  # not when the data stays in host memory
+    # The same number of rows in every process, so that all take the same number of steps.
+    n = len(x_train) // place.world
+    if n < 1:
+        raise InputError(
+            f"{len(x_train)} training rows cannot be shared by {place.world} processes"
+        )
+    train_x = to_device(np.ascontiguousarray(x_train[place.rank :: place.world][:n]), device)
+    val_x = to_device(np.ascontiguousarray(x_val[place.rank :: place.world]), device)
+    loss_of: torch.nn.Module = _Loss(model, config.beta)
+    if distributed:  # averages the gradients across processes during backward()
+        loss_of = DistributedDataParallel(
+            loss_of, device_ids=[device] if device.type == "cuda" else None
+        )
+    # Not as a CUDA graph under torchrun (the gradients' all-reduce is not captured), nor when
+    # the data stays in host memory.
+    graphed = config.cuda_graph and train_x.is_cuda and not distributed
     # fused: one kernel for the whole update, ~1.5x the steps/s of the default on small models;
     # capturable: its step counter lives on the GPU, as a CUDA graph needs
     optimizer = torch.optim.AdamW(
@@ -114,14 +194,19 @@ def train(
         capturable=graphed,
     )
 
-    n = len(train_x)
-    batch_size = min(config.batch_size or auto_batch_size(n), n)
-    step = _training_step(model, optimizer, train_x, config, device)
+    batch_size = min(config.batch_size or auto_batch_size(len(x_train)), len(x_train))
+    batch_size = max(1, batch_size // place.world)  # this process's share of each batch
+    step = _training_step(loss_of, optimizer, train_x, config, device)
     if graphed:
         step = _graphed(step, batch_size, device)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     best_loss, best_state, stale = math.inf, copy.deepcopy(model.state_dict()), 0
-    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not config.progress)
+    bar = tqdm(
+        range(config.epochs),
+        desc="training",
+        unit="epoch",
+        disable=not (config.progress and place.main),
+    )
     for _epoch in bar:
         model.train()
         order = torch.randperm(n, device=device, generator=generator)
@@ -131,8 +216,13 @@ def train(
         n_batches = max(1, n // batch_size)
         for i in range(n_batches):
             total += step(order[i * batch_size : (i + 1) * batch_size])
-        train_loss = total.item() / n_batches  # one device sync per epoch
-        val_loss = evaluate_loss(model, val_x, config.beta, device)
+        val_sum, val_count = _loss_sum(model, val_x, config.beta, device)
+        sums = torch.stack([total.double() / n_batches, val_sum, val_count])
+        if distributed:  # every process gets the same sums, so all stop at the same epoch
+            dist.all_reduce(sums)
+        train_sum, val_sum, val_count = sums.tolist()  # one device sync per epoch
+        train_loss = train_sum / place.world
+        val_loss = val_sum / val_count if val_count else math.nan
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
@@ -156,8 +246,30 @@ def train(
 Step = Callable[[torch.Tensor], torch.Tensor]
 
 
+class _Loss(torch.nn.Module):
+    """The training loss as a module's forward, the form ``DistributedDataParallel`` wraps (a
+    VAE's loss calls its encoder and decoder, not its forward)."""
+
+    def __init__(self, model: torch.nn.Module, beta: float):
+        super().__init__()
+        self.model, self.beta = model, beta
+
+    def forward(self, x_in: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return training_loss(self.model, x_in, target, self.beta)
+
+
+def _join_workers(device: torch.device) -> None:
+    """Join torchrun's process group, once per process: NCCL between GPUs, gloo between CPUs."""
+    if dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    atexit.register(dist.destroy_process_group)
+
+
 def _training_step(
-    model: torch.nn.Module,
+    loss_of: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     train_x: torch.Tensor,
     config: TrainConfig,
@@ -170,7 +282,7 @@ def _training_step(
         x_in = target
         if config.denoise > 0:
             x_in = target + config.denoise * torch.randn_like(target)
-        loss = training_loss(model, x_in, target, config.beta)
+        loss = loss_of(x_in, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -222,19 +334,18 @@ def _graphed(step: Step, batch_size: int, device: torch.device, warm_up: int = 3
 
 
 @torch.no_grad()
-def evaluate_loss(
+def _loss_sum(
     model: torch.nn.Module, x: torch.Tensor, beta: float, device: torch.device, chunk: int = 65536
-) -> float:
-    """Mean training loss over ``x`` in eval mode (no dropout, no input noise)."""
-    if len(x) == 0:
-        return math.nan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss summed over the rows of ``x`` in eval mode (no dropout, no input
+    noise), and their number; as tensors on ``device``, to be added up across processes."""
     model.eval()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)
     # The VAE's sample in the loss is the same at every check, and the training stream of
     # random numbers is left where it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         for start in range(0, len(x), chunk):
             xb = x[start : start + chunk].to(device, non_blocking=True)
-            total += training_loss(model, xb, xb, beta).item() * len(xb)
-    return total / len(x)
+            total += training_loss(model, xb, xb, beta).double() * len(xb)
+    return total, torch.tensor(float(len(x)), dtype=torch.float64, device=device)

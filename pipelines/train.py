@@ -4,6 +4,8 @@
         [--exclude COL ...] [--target-fpr 0.01] [--device auto]
 
 With --register, the run and the model go to MLflow (MLFLOW_TRACKING_URI, or ./mlflow.db).
+Under torchrun (`torchrun --nproc-per-node N -m pipelines.train ...`) the processes train one
+model together, data-parallel; the first saves and registers it.
 
 Exit codes: 0 trained, 2 bad input (the reason on stderr), 75 the MLflow server unreachable
 or failing (retry), 1 anything else.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from anomaly import AnomalyError, Detector, registry
 from anomaly.data import read_csv
+from anomaly.training import workers
 from pipelines import exit_code
 
 
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model, exclude=args.exclude, target_fpr=args.target_fpr,
             device=args.device,
         ).fit(frame := read_csv(args.data))  # fmt: skip
+        if not workers().main:  # under torchrun: every process holds the same model
+            return 0
         if args.out:
             detector.save(args.out)
         if args.register:

@@ -194,10 +194,8 @@ def test_without_validation_rows_the_saved_json_is_strict_json(normal_rows, tmp_
     assert np.isnan(Detector.load(tmp_path / "m").history_["val_loss"]).all()
 
 
-def test_scikit_learn_clones_a_detector_and_torchrun_is_refused(normal_rows, monkeypatch):
+def test_scikit_learn_clones_a_detector():
     from sklearn.base import clone
-
-    from anomaly import AnomalyError
 
     det = Detector(model="ae", hidden=(16, 8), epochs=3, exclude=EXCLUDE)
     copy = clone(det)
@@ -212,9 +210,6 @@ def test_scikit_learn_clones_a_detector_and_torchrun_is_refused(normal_rows, mon
     # set_params keeps values as the constructor does, so a clone after it works too
     assert clone(Detector().set_params(hidden=[16, 8])).hidden == (16, 8)
     assert clone(SequenceDetector().set_params(value_cols=["v"])).value_cols == ("v",)
-    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's: each process would train it all
-    with pytest.raises(AnomalyError, match="run it without torchrun"):
-        det.fit(normal_rows)
 
 
 def test_load_refuses_what_is_not_a_model(tmp_path):

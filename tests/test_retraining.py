@@ -304,3 +304,13 @@ def test_promote_and_rollback_wait_for_the_lock_and_a_holder_drops_only_its_own(
         client.create_registered_model(lock, description="another promotion's")
     assert client.get_registered_model(lock).description == "another promotion's"
     client.delete_registered_model(lock)
+
+
+def test_retrain_is_refused_under_torchrun(normal_rows, monkeypatch):
+    """Every process would gate, register and promote a challenger of its own."""
+    from anomaly import AnomalyError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(AnomalyError, match="run it without torchrun"):
+        retrain("never-registered", normal_rows)

@@ -35,3 +35,68 @@ def test_training_lowers_the_loss_and_keeps_the_best_epoch():
         final = ((model(val) - val) ** 2).mean().item()
     assert final == pytest.approx(min(history["val_loss"]), rel=1e-5)
     assert not model.training  # handed back in eval mode
+
+
+# Run under torchrun (two processes) and alone: the same AE, rows, and full-batch settings.
+_DATA_PARALLEL_SCRIPT = """
+import json, os, sys
+import numpy as np, torch
+import anomaly.training
+from anomaly.models import DenseAE
+from anomaly.training import TrainConfig, train, workers
+
+seen = {"train": 0, "validation": 0}  # rows this process computed the loss of
+loss = anomaly.training.training_loss
+
+
+def counted(model, x_in, target, beta):
+    seen["train" if torch.is_grad_enabled() else "validation"] += len(target)
+    return loss(model, x_in, target, beta)
+
+
+anomaly.training.training_loss = counted
+torch.set_num_threads(1)
+rng = np.random.default_rng(0)
+z = rng.standard_normal((2400, 2)).astype(np.float32)
+x = np.concatenate([z, z @ rng.standard_normal((2, 6)).astype(np.float32)], axis=1)
+torch.manual_seed(0)
+model = DenseAE(8, (16,), 2)
+config = TrainConfig(epochs=6, batch_size=2000, patience=50, progress=False)
+history = train(model, x[:2000], x[2000:], config, torch.device("cpu"))
+weights = {k: v.tolist() for k, v in model.state_dict().items()}
+out = os.path.join(sys.argv[1], f"rank{workers().rank}-of-{workers().world}.json")
+with open(out, "w") as f:
+    json.dump({"history": history, "weights": weights, "seen": seen}, f)
+"""
+
+
+def test_torchrun_processes_train_as_one_process_on_the_whole_batch(tmp_path):
+    """Two processes, each on half of every batch and of the validation rows, end with the
+    weights one process reaches on the whole batch, and with the same weights and loss history
+    as each other."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "fit.py"
+    script.write_text(_DATA_PARALLEL_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    for command in (
+        [sys.executable, str(script), str(tmp_path)],
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+    alone, first, second = (
+        json.loads((tmp_path / f"rank{n}.json").read_text()) for n in ("0-of-1", "0-of-2", "1-of-2")
+    )
+    assert alone["seen"] == {"train": 6 * 2000, "validation": 6 * 400}
+    assert first["seen"] == second["seen"] == {"train": 6 * 1000, "validation": 6 * 200}
+    assert first == second  # the all-reduced gradients keep the processes' weights identical
+    assert first["history"]["val_loss"] == pytest.approx(alone["history"]["val_loss"], rel=1e-5)
+    assert first["history"]["val_loss"][-1] < first["history"]["val_loss"][0]
+    for name, value in alone["weights"].items():
+        np.testing.assert_allclose(first["weights"][name], value, rtol=1e-4, atol=1e-5)
