@@ -162,3 +162,26 @@ def test_a_series_file_streamed_on_the_gpu_gets_the_whole_files_scores(tmp_path,
         written["anomaly_score"].to_numpy(np.float32), expected["anomaly_score"]
     )
     assert written["is_anomaly"].sum() > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_torchrun_trains_one_model_on_two_gpus(rows, tmp_path):
+    """Data-parallel over NCCL: each process on its own GPU, the first saves the model."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sklearn.metrics import roc_auc_score
+
+    rows[rows["label"] == 0].to_csv(tmp_path / "normal.csv", index=False)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "anomaly.cli", "train",
+        str(tmp_path / "normal.csv"), "--model", "vae", "--epochs", "40", "--no-progress",
+        *(a for c in EXCLUDE for a in ("--exclude", c)), "--out", str(tmp_path / "model"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("cuda:0 x 2 processes") == 1, done.stdout
+    detector = Detector.load(tmp_path / "model")
+    assert roc_auc_score(rows["label"], detector.score_samples(rows)) > 0.95
