@@ -111,10 +111,10 @@ def _main(
 ) -> None:
     # MLflow's per-file download bars would bury the one progress bar that matters.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other processes repeat the first's
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 @app.command()

@@ -55,14 +55,16 @@ def test_train_then_score_finds_anomalies_at_the_target_rate(trained):
 
 
 def test_torchrun_trains_one_model_in_two_processes(tmp_path):
-    """Data-parallel training: both processes train, the first alone reports and saves."""
+    """Data-parallel training: both processes train, the first alone reports, warns, saves and
+    registers."""
     from pathlib import Path
 
     import mlflow
 
     from anomaly import Detector
 
-    make_service_metrics(3000, seed=0).to_csv(tmp_path / "normal.csv", index=False)
+    normal = make_service_metrics(3000, seed=0).assign(constant=1.0)  # warned of at fit
+    normal.to_csv(tmp_path / "normal.csv", index=False)
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
         str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "anomaly.cli", "train",
@@ -75,13 +77,14 @@ def test_torchrun_trains_one_model_in_two_processes(tmp_path):
     assert done.stdout.count("trained ae on 2160 rows") == 1, done.stdout
     assert "cpu x 2 processes" in done.stdout
     assert done.stdout.count("saved to") == 1
+    assert done.stderr.count("'constant' is constant") == 1, done.stderr  # not once a process
     client = mlflow.MlflowClient()
     (version,) = client.search_model_versions("name='ddp-trained'")  # registered once
     assert client.get_run(version.run_id).data.params["train_processes"] == "2"
     assert done.stderr.count("training:") >= 1 and "epoch" in done.stderr  # one bar
     detector = Detector.load(tmp_path / "model")
     assert detector.training_summary_["processes"] == 2
-    test = make_service_metrics(2000, 200, seed=1)
+    test = make_service_metrics(2000, 200, seed=1).assign(constant=1.0)
     assert roc_auc_score(test["label"], detector.score_samples(test)) > 0.95
 
 
