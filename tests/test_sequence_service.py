@@ -95,6 +95,11 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
             answer = client.post(url, content=json.dumps({"points": [lone]}),
                                  headers={"Content-Type": "application/json"})  # fmt: skip
             assert answer.status_code == 422 and "unpaired surrogate" in answer.text
+        for escaped in ("%FF", "s%FE1"):  # both would read as U+FFFD, one stream
+            answer = client.post(f"/v1/streams/{escaped}/points", json={"points": first})
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["detail"][0]["loc"] == ["path", "stream_id"]
+        assert client.post("/v1/streams/%EF%BF%BD/points", json={"points": first}).is_success
         # the refused requests changed nothing: the stream goes on from point 5
         answer = client.post(url, json={"points": points_of(series.iloc[5:WINDOW])})
         assert answer.json()["results"][-1]["anomaly_score"] is not None

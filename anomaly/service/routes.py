@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -276,6 +277,7 @@ async def stream_points(
     ending at it once the window is full (null before, with a reason). See
     :mod:`anomaly.streams` for ordering, missing values, gaps and where buffers live."""
     _check_count(request, len(body.points))
+    _check_utf8_path(request, "stream_id")
     detector = served.detector
     times, values = parse_points(detector, body.points)
     streams = request.app.state.streams
@@ -304,6 +306,17 @@ async def stream_points(
         "results": results,
     }
     return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _check_utf8_path(request: Request, name: str) -> None:
+    """Refuse a path whose %-escapes are not UTF-8: the server decodes each bad byte to U+FFFD,
+    so ``%FF`` and ``%FE`` would name one stream."""
+    try:
+        urllib.parse.unquote_to_bytes(request.scope.get("raw_path") or b"").decode()
+    except UnicodeDecodeError:
+        message = f"{name} is not UTF-8 once its %-escapes are decoded"
+        detail = [{"loc": ["path", name], "msg": message, "type": "value_error"}]
+        raise HTTPException(422, detail) from None
 
 
 @scoring.post(
