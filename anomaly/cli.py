@@ -112,8 +112,8 @@ def _main(
     # MLflow's per-file download bars would bury the one progress bar that matters.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     level = logging.INFO if verbose else logging.WARNING
-    if os.environ.get("RANK", "0") != "0":  # torchrun's other processes repeat the first's
-        level = logging.ERROR
+    if os.environ.get("WORLD_SIZE", "1") != "1" and os.environ.get("RANK", "0") != "0":
+        level = logging.ERROR  # torchrun's other processes would repeat the first's warnings
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -212,8 +212,10 @@ def train(
         check_target(out)
     if register is not None:
         from anomaly import registry
+        from anomaly.training import workers
 
-        registry._client()  # an unreachable tracking server fails now
+        if workers().main:  # the one that registers; several would create a new store at once
+            registry._client()  # an unreachable tracking server fails now
     common = dict(
         model=model.value,
         target_fpr=target_fpr,

@@ -24,7 +24,7 @@ from anomaly.calibration import Calibrator
 from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
 from anomaly.persistence import META_FILE, load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS
-from anomaly.training import TrainConfig, resolve_device, train, workers
+from anomaly.training import TrainConfig, resolve_device, train, training_device, workers
 
 
 class AutoencoderDetector:
@@ -95,7 +95,7 @@ class AutoencoderDetector:
         if self.seed >= 2**64:
             raise InputError(f"seed must be below 2**64, got {self.seed}")
         Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
-        resolve_device(self.device)  # an unknown or absent device is refused before any work
+        training_device(self.device)  # an unknown or absent device is refused before any work
 
     def _check_types(self) -> None:
         """Each number of its default's type: a whole number where things are counted (epochs,
@@ -161,7 +161,7 @@ class AutoencoderDetector:
     ) -> dict:
         """Train ``module`` with this detector's settings; sets ``module_``, ``device_`` and
         ``history_`` and returns the run's part of ``training_summary_``."""
-        device = resolve_device(self.device)
+        device = training_device(self.device)
         config = TrainConfig(
             epochs=self.epochs,
             batch_size=batch_size or self.batch_size,

@@ -70,37 +70,29 @@ class Workers:
 
 
 def workers() -> Workers:
-    """Read from the variables ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    """Read from the variables ``torchrun`` sets (WORLD_SIZE, RANK, LOCAL_RANK); without a
+    WORLD_SIZE above 1 this is the one process, whatever else is set."""
+    env = os.environ
     try:
-        place = Workers(*(int(os.environ.get(k, d)) for k, d in _WORKER_VARIABLES))
-    except ValueError as exc:
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return Workers()
+        place = Workers(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
+    except (KeyError, ValueError) as exc:
         raise InputError(
-            f"torchrun's RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers: {exc}"
+            f"torchrun's WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers: {exc!r}"
         ) from exc
-    if not (place.world >= 1 and 0 <= place.rank < place.world and place.local_rank >= 0):
+    if not (0 <= place.rank < place.world and place.local_rank >= 0):
         raise InputError(f"torchrun's variables do not fit together: {place}")
     return place
 
-
-_WORKER_VARIABLES = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` means CUDA when present, else CPU; else one of :data:`DEVICE_FORMS`, which
-    must be present here. Anything else is an :class:`~anomaly.errors.InputError`.
-
-    Under torchrun, ``auto`` and ``cuda`` mean this process's own GPU, ``cuda:LOCAL_RANK``, and
-    a GPU named by its number is refused, as is MPS."""
-    place = workers()
-    if name in ("auto", "cuda") and torch.cuda.is_available() and place.world > 1:
-        if place.local_rank >= torch.cuda.device_count():
-            raise InputError(
-                f"torchrun started process {place.local_rank} on a machine with "
-                f"{torch.cuda.device_count()} CUDA device(s): start one process per GPU"
-            )
-        return torch.device("cuda", place.local_rank)
+    must be present here. Anything else is an :class:`~anomaly.errors.InputError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -112,11 +104,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {name!r} was asked for, but CUDA is not available here")
-        if place.world > 1:  # every process would share that one GPU
-            raise InputError(
-                f"device {name!r} under torchrun: give auto or cuda, and each process takes "
-                "its own GPU (cuda:LOCAL_RANK)"
-            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(
                 f"device {name!r} was asked for, but this machine has "
@@ -124,9 +111,31 @@ def resolve_device(name: str = "auto") -> torch.device:
             )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"device {name!r} was asked for, but MPS is not available here")
-    if device.type == "mps" and place.world > 1:
-        raise InputError("torchrun trains on CUDA GPUs or CPUs, not on MPS")
     return device
+
+
+def training_device(name: str = "auto") -> torch.device:
+    """The device to train on: :func:`resolve_device`'s, but under torchrun ``auto`` and
+    ``cuda`` mean this process's own GPU, and a GPU named by its number (which every process
+    would share) or MPS is refused."""
+    place = workers()
+    device = resolve_device(name)
+    if place.world == 1 or device.type == "cpu":
+        return device
+    if device.type == "mps" or device.index is not None:
+        raise InputError(
+            f"device {name!r} under torchrun: give auto, cuda or cpu; each process then "
+            "trains on its own GPU (cuda:LOCAL_RANK) or on the CPU"
+        )
+    count = torch.cuda.device_count()
+    if count == 1:  # one GPU visible to each process (CUDA_VISIBLE_DEVICES set per process)
+        return torch.device("cuda", 0)
+    if place.local_rank >= count:
+        raise InputError(
+            f"torchrun started process {place.local_rank} on a machine with {count} CUDA "
+            "devices: start one process per GPU"
+        )
+    return torch.device("cuda", place.local_rank)
 
 
 def auto_batch_size(n_rows: int) -> int:
@@ -157,10 +166,18 @@ def train(
 
     The weights kept are those of the epoch with the lowest validation loss. Under torchrun
     every process is given the same rows and trains on its share of them (see the module's
-    docstring); ``config.batch_size`` is the batch of all processes together.
+    docstring); ``config.batch_size`` is the batch of all processes together, each taking an
+    equal share (rounded down).
     """
     place = workers()
     distributed = place.world > 1
+    # The same number of rows in every process, so that all take the same number of steps.
+    n = len(x_train) // place.world
+    batch_size = min(config.batch_size or auto_batch_size(len(x_train)), len(x_train))
+    if n < 1 or batch_size < place.world:
+        what = f"{len(x_train)} training rows" if n < 1 else f"a batch of {batch_size} rows"
+        raise InputError(f"{what} cannot be shared by {place.world} processes")
+    batch_size //= place.world  # this process's share of each batch (rounded down)
     if distributed:
         _join_workers(device)
     # Each process its own random numbers (dropout, noise, the VAE's samples, its order of rows)
@@ -168,12 +185,6 @@ def train(
     torch.manual_seed(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     model.to(device)
-    # The same number of rows in every process, so that all take the same number of steps.
-    n = len(x_train) // place.world
-    if n < 1:
-        raise InputError(
-            f"{len(x_train)} training rows cannot be shared by {place.world} processes"
-        )
     train_x = to_device(np.ascontiguousarray(x_train[place.rank :: place.world][:n]), device)
     val_x = to_device(np.ascontiguousarray(x_val[place.rank :: place.world]), device)
     loss_of: torch.nn.Module = _Loss(model, config.beta)
@@ -194,8 +205,6 @@ def train(
         capturable=graphed,
     )
 
-    batch_size = min(config.batch_size or auto_batch_size(len(x_train)), len(x_train))
-    batch_size = max(1, batch_size // place.world)  # this process's share of each batch
     step = _training_step(loss_of, optimizer, train_x, config, device)
     if graphed:
         step = _graphed(step, batch_size, device)

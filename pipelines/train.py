@@ -5,7 +5,8 @@
 
 With --register, the run and the model go to MLflow (MLFLOW_TRACKING_URI, or ./mlflow.db).
 Under torchrun (`torchrun --nproc-per-node N -m pipelines.train ...`) the processes train one
-model together, data-parallel; the first saves and registers it.
+model together, data-parallel; the first saves and registers it. torchrun itself exits 1 when
+a process fails, whatever the process's code below.
 
 Exit codes: 0 trained, 2 bad input (the reason on stderr), 75 the MLflow server unreachable
 or failing (retry), 1 anything else.

@@ -57,6 +57,7 @@ def test_train_then_score_finds_anomalies_at_the_target_rate(trained):
 def test_torchrun_trains_one_model_in_two_processes(tmp_path):
     """Data-parallel training: both processes train, the first alone reports, warns, saves and
     registers."""
+    import os
     from pathlib import Path
 
     import mlflow
@@ -72,13 +73,19 @@ def test_torchrun_trains_one_model_in_two_processes(tmp_path):
         "timestamp", "--exclude", "label", "--epochs", "60", "--device", "cpu",
         "--out", str(tmp_path / "model"), "--register", "ddp-trained",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # A new store: only the first process may create it (two at once corrupted it)
+    store = f"sqlite:///{tmp_path / 'fresh.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+    env["MLFLOW_TRACKING_URI"] = store
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
+    )  # artifacts go to ./mlruns
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("trained ae on 2160 rows") == 1, done.stdout
     assert "cpu x 2 processes" in done.stdout
     assert done.stdout.count("saved to") == 1
     assert done.stderr.count("'constant' is constant") == 1, done.stderr  # not once a process
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=store)
     (version,) = client.search_model_versions("name='ddp-trained'")  # registered once
     assert client.get_run(version.run_id).data.params["train_processes"] == "2"
     assert done.stderr.count("training:") >= 1 and "epoch" in done.stderr  # one bar

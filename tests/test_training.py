@@ -100,3 +100,49 @@ def test_torchrun_processes_train_as_one_process_on_the_whole_batch(tmp_path):
     assert first["history"]["val_loss"][-1] < first["history"]["val_loss"][0]
     for name, value in alone["weights"].items():
         np.testing.assert_allclose(first["weights"][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_variables_matter_to_training_only(monkeypatch, fitted_ae, test_rows, tmp_path):
+    from anomaly import Detector
+    from anomaly.errors import InputError
+    from anomaly.training import Workers, training_device, workers
+
+    monkeypatch.setenv("RANK", "1")  # set by something else, without torchrun's WORLD_SIZE
+    assert workers() == Workers() and workers().main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert workers() == Workers(rank=1, world=2, local_rank=0) and not workers().main
+    # scoring and loading read no torchrun variables
+    fitted_ae.save(tmp_path / "m")
+    scores = Detector.load(tmp_path / "m").score_samples(test_rows)
+    np.testing.assert_array_equal(scores, fitted_ae.score_samples(test_rows))
+    # training refuses what the processes cannot share, before joining the others
+    x = np.zeros((10, 8), np.float32)
+    for rows, batch, what in ((x[:1], None, "1 training rows"), (x, 1, "a batch of 1 rows")):
+        with pytest.raises(InputError, match=f"{what} cannot be shared by 2 processes"):
+            config = TrainConfig(epochs=1, batch_size=batch, progress=False)
+            train(DenseAE(8, (4,), 2), rows, x, config, torch.device("cpu"))
+    assert training_device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("RANK")
+    with pytest.raises(InputError, match="WORLD_SIZE, RANK and LOCAL_RANK"):
+        workers()
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    """The device mapping alone (CUDA mocked: this runs where there is none)."""
+    from anomaly.errors import InputError
+    from anomaly.training import training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert training_device("auto") == training_device("cuda") == torch.device("cuda", 1)
+    for shared in ("cuda:0", "cuda:1"):
+        with pytest.raises(InputError, match="each process then trains on its own GPU"):
+            training_device(shared)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(InputError, match="start one process per GPU"):
+        training_device("auto")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU visible to each
+    assert training_device("auto") == torch.device("cuda", 0)
