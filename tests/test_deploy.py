@@ -291,9 +291,9 @@ def test_manifest_matches_the_kubernetes_schema(name):
     )
 
 
-def test_kustomization_lists_every_manifest_but_the_token_and_the_one_off_job():
+def test_kustomization_lists_every_manifest_but_the_token_and_the_one_off_jobs():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    left_out = {"secret.yaml", "job-batch-score.yaml"} | OPERATOR_MANIFESTS
+    left_out = {"secret.yaml", "job-batch-score.yaml", "job-train-gpu.yaml"} | OPERATOR_MANIFESTS
     assert sorted(kustomization["resources"]) == sorted(set(manifests()) - left_out)
 
 
@@ -361,35 +361,66 @@ def test_configmap_names_only_real_settings():
                 if k in SETTINGS_VARIABLES})  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("kind", "module"), [("CronJob", "pipelines.retrain"), ("Job", "pipelines.batch_score")]
-)
-def test_jobs_run_the_pipelines_with_options_they_accept(kind, module, capsys, monkeypatch):
-    spec = by_kind()[kind]["spec"]
-    job = spec["jobTemplate"]["spec"] if kind == "CronJob" else spec
+def job_pod(name: str) -> tuple[dict, dict, dict]:
+    """(job spec, pod spec, its one container) of the Job or CronJob in manifest ``name``."""
+    spec = manifests()[name]["spec"]
+    job = spec["jobTemplate"]["spec"] if "jobTemplate" in spec else spec
     pod = job["template"]["spec"]
     pod_is_locked_down(pod)
     assert pod["restartPolicy"] == "Never"
-    (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", module]
-    monkeypatch.syspath_prepend(str(REPO))  # pipelines/ is not installed: it runs from /app
-    with pytest.raises(SystemExit):
-        importlib.import_module(module).main(["--help"])
-    usage = capsys.readouterr().out
-    for option in (a for a in container["args"] if a.startswith("--")):
-        assert option in usage, f"{module} has no {option}"
     (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert (
         claim["persistentVolumeClaim"]["claimName"]
         == by_kind()["PersistentVolumeClaim"]["metadata"]["name"]
     )
+    (container,) = pod["containers"]
+    return job, pod, container
+
+
+def accepts(module: str, args: list[str], capsys, monkeypatch) -> None:
+    """Every option in ``args`` is one that the pipeline ``module`` takes."""
+    monkeypatch.syspath_prepend(str(REPO))  # pipelines/ is not installed: it runs from /app
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    usage = capsys.readouterr().out
+    for option in (a for a in args if a.startswith("--")):
+        assert option in usage, f"{module} has no {option}"
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("cronjob-retrain.yaml", "pipelines.retrain"),
+        ("job-batch-score.yaml", "pipelines.batch_score"),
+    ],
+)
+def test_jobs_run_the_pipelines_with_options_they_accept(name, module, capsys, monkeypatch):
+    job, _, container = job_pod(name)
+    assert container["command"] == ["python", "-m", module]
+    accepts(module, container["args"], capsys, monkeypatch)
     # Bad input (2), and for retraining a refused challenger (3), fail at once: no retries.
     (rule,) = [r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
     assert 2 in rule["onExitCodes"]["values"]
     assert rule["onExitCodes"]["containerName"] == container["name"]
-    if kind == "CronJob":
+    if name.startswith("cronjob"):
         assert rule["onExitCodes"]["values"] == [2, 3]
-        assert by_kind()[kind]["spec"]["concurrencyPolicy"] == "Forbid"
+        assert manifests()[name]["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+def test_gpu_training_job_runs_the_pipeline_under_torchrun_on_the_cuda_image(capsys, monkeypatch):
+    _, pod, container = job_pod("job-train-gpu.yaml")
+    assert container["image"] == "anomaly:cuda"  # the tag deploy/Dockerfile.cuda builds
+    assert "-t anomaly:cuda" in (DEPLOY / "Dockerfile.cuda").read_text()
+    assert container["command"] == ["torchrun"]
+    args = container["args"]
+    assert args[: args.index("-m")] == ["--standalone", "--nproc-per-node", "gpu"]
+    assert args[args.index("-m") + 1] == "pipelines.train"
+    accepts("pipelines.train", args[args.index("-m") + 2 :], capsys, monkeypatch)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 2
+    # NCCL's shared memory: a container's own /dev/shm is 64 MiB
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (shm,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
 
 
 # ---------------------------------------------------------------------------- prometheus
