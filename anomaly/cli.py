@@ -111,10 +111,10 @@ def _main(
 ) -> None:
     # MLflow's per-file download bars would bury the one progress bar that matters.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    level = logging.INFO if verbose else logging.WARNING
-    if os.environ.get("WORLD_SIZE", "1") != "1" and os.environ.get("RANK", "0") != "0":
-        level = logging.ERROR  # torchrun's other processes would repeat the first's warnings
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -210,12 +210,16 @@ def train(
         from anomaly.persistence import check_target
 
         check_target(out)
-    if register is not None:
-        from anomaly import registry
-        from anomaly.training import workers
+    from anomaly.training import this_process
 
-        if workers().main:  # the one that registers; several would create a new store at once
-            registry._client()  # an unreachable tracking server fails now
+    if not this_process().is_main:  # under torchrun the first process speaks for all
+        logging.getLogger().setLevel(logging.ERROR)
+    # An unreachable tracking server fails now; the first process alone checks, as several
+    # would race to create a new store.
+    if register is not None and this_process().is_main:
+        from anomaly import registry
+
+        registry._client()
     common = dict(
         model=model.value,
         target_fpr=target_fpr,
@@ -282,9 +286,9 @@ def train(
 def _report(detector, out, register, data: Path, frame=None, is_anomaly=None) -> None:
     """Say what was trained; save and/or log and register it: under torchrun, from the first
     process only (every process holds the same model)."""
-    from anomaly.training import workers
+    from anomaly.training import this_process
 
-    if not workers().main:
+    if not this_process().is_main:
         return
     summary = detector.training_summary_
     unit = {"tabular": "rows", "sequence": "windows", "image": "images"}[detector.kind]

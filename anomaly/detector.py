@@ -211,7 +211,7 @@ class Detector(AutoencoderDetector):
         Under ``torchrun``, give every process the same rows: each trains on its share, the
         gradients are averaged, and every process ends with the same fitted detector (see
         :mod:`anomaly.training`). Save or register it from one process, the one whose
-        ``anomaly.training.workers().main`` is true.
+        ``anomaly.training.this_process().is_main`` is true.
         """
         self._check_params()
         X = _as_frame(X)

@@ -24,7 +24,7 @@ from anomaly.calibration import Calibrator
 from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFittedError
 from anomaly.persistence import META_FILE, load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS
-from anomaly.training import TrainConfig, resolve_device, train, training_device, workers
+from anomaly.training import TrainConfig, resolve_device, this_process, train, training_device
 
 
 class AutoencoderDetector:
@@ -182,7 +182,7 @@ class AutoencoderDetector:
             "epochs_run": len(history["train_loss"]),
             "train_seconds": round(seconds, 3),
             "device": str(device),
-            "processes": workers().world,
+            "processes": this_process().world,
         }
 
     def _check_fitted(self) -> None:

@@ -330,7 +330,8 @@ def _run_params(detector, data_source: str | None) -> dict:
         "validation_rows": summary["n_validation"],
         "calibration_rows": summary["n_calibration"],
         "trained_on": summary["device"],
-        "train_processes": summary.get("processes", 1),  # torchrun's; none saved before it
+        # torchrun's process count; models saved before data-parallel training have none
+        "train_processes": summary.get("processes", 1),
     }
     if detector.kind == "tabular":
         arch = detector.architecture_

@@ -34,7 +34,7 @@ from anomaly.errors import AnomalyError, InputError, PromotionLocked, RegistryEr
 from anomaly.image import ImageDetector
 from anomaly.persistence import load_detector_dir
 from anomaly.sequence import SequenceDetector
-from anomaly.training import workers
+from anomaly.training import this_process
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def retrain(
         (a time series with no gap-free stretch of one window), or when appended points of a
         series do not come after the champion's.
     """
-    if workers().world > 1:  # each process would gate, register and promote its own
+    if this_process().world > 1:  # each process would gate, register and promote its own
         raise AnomalyError(
             "retrain runs in one process; run it without torchrun (train a model under "
             "torchrun with `anomaly train --register`, then promote it)"

@@ -55,7 +55,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Workers:
+class Process:
     """This process's place among the processes ``torchrun`` started: its ``rank`` of
     ``world``, and ``local_rank`` on its machine. Without torchrun: the one process, rank 0."""
 
@@ -64,23 +64,25 @@ class Workers:
     local_rank: int = 0
 
     @property
-    def main(self) -> bool:
+    def is_main(self) -> bool:
         """Whether this is the process that reports, saves and registers (rank 0)."""
         return self.rank == 0
 
 
-def workers() -> Workers:
+def this_process() -> Process:
     """Read from the variables ``torchrun`` sets (WORLD_SIZE, RANK, LOCAL_RANK); without a
     WORLD_SIZE above 1 this is the one process, whatever else is set."""
     env = os.environ
     try:
         world = int(env.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return Workers()
-        place = Workers(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
-    except (KeyError, ValueError) as exc:
+            return Process()
+        if "RANK" not in env:
+            raise InputError(f"torchrun's WORLD_SIZE is {world}, but its RANK is not set")
+        place = Process(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
+    except ValueError as exc:
         raise InputError(
-            f"torchrun's WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers: {exc!r}"
+            f"torchrun's WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers: {exc}"
         ) from exc
     if not (0 <= place.rank < place.world and place.local_rank >= 0):
         raise InputError(f"torchrun's variables do not fit together: {place}")
@@ -116,9 +118,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def training_device(name: str = "auto") -> torch.device:
     """The device to train on: :func:`resolve_device`'s, but under torchrun ``auto`` and
-    ``cuda`` mean this process's own GPU, and a GPU named by its number (which every process
-    would share) or MPS is refused."""
-    place = workers()
+    ``cuda`` mean this process's own GPU, ``cuda:LOCAL_RANK``, and a GPU named by its number
+    (which every process would share) or MPS is refused."""
+    place = this_process()
     device = resolve_device(name)
     if place.world == 1 or device.type == "cpu":
         return device
@@ -128,9 +130,7 @@ def training_device(name: str = "auto") -> torch.device:
             "trains on its own GPU (cuda:LOCAL_RANK) or on the CPU"
         )
     count = torch.cuda.device_count()
-    if count == 1:  # one GPU visible to each process (CUDA_VISIBLE_DEVICES set per process)
-        return torch.device("cuda", 0)
-    if place.local_rank >= count:
+    if place.local_rank >= count:  # two processes on one GPU: NCCL would fail, less clearly
         raise InputError(
             f"torchrun started process {place.local_rank} on a machine with {count} CUDA "
             "devices: start one process per GPU"
@@ -169,17 +169,20 @@ def train(
     docstring); ``config.batch_size`` is the batch of all processes together, each taking an
     equal share (rounded down).
     """
-    place = workers()
+    place = this_process()
     distributed = place.world > 1
-    # The same number of rows in every process, so that all take the same number of steps.
+    # The same number of rows in every process, so that all take the same number of steps
+    # (the last len % world rows are left out).
     n = len(x_train) // place.world
     batch_size = min(config.batch_size or auto_batch_size(len(x_train)), len(x_train))
     if n < 1 or batch_size < place.world:
-        what = f"{len(x_train)} training rows" if n < 1 else f"a batch of {batch_size} rows"
-        raise InputError(f"{what} cannot be shared by {place.world} processes")
+        what = "training rows" if n < 1 else "rows in a batch"
+        raise InputError(
+            f"too few {what} ({min(len(x_train), batch_size)}) for {place.world} processes"
+        )
     batch_size //= place.world  # this process's share of each batch (rounded down)
     if distributed:
-        _join_workers(device)
+        _join_processes(device)
     # Each process its own random numbers (dropout, noise, the VAE's samples, its order of rows)
     seed = (config.seed + place.rank) % 2**64
     torch.manual_seed(seed)
@@ -190,7 +193,9 @@ def train(
     loss_of: torch.nn.Module = _Loss(model, config.beta)
     if distributed:  # averages the gradients across processes during backward()
         loss_of = DistributedDataParallel(
-            loss_of, device_ids=[device] if device.type == "cuda" else None
+            loss_of,
+            device_ids=[device] if device.type == "cuda" else None,
+            broadcast_buffers=False,  # the only buffers, a VAE's fixed draws, are the same
         )
     # Not as a CUDA graph under torchrun (the gradients' all-reduce is not captured), nor when
     # the data stays in host memory.
@@ -214,7 +219,7 @@ def train(
         range(config.epochs),
         desc="training",
         unit="epoch",
-        disable=not (config.progress and place.main),
+        disable=not (config.progress and place.is_main),
     )
     for _epoch in bar:
         model.train()
@@ -267,14 +272,15 @@ class _Loss(torch.nn.Module):
         return training_loss(self.model, x_in, target, self.beta)
 
 
-def _join_workers(device: torch.device) -> None:
-    """Join torchrun's process group, once per process: NCCL between GPUs, gloo between CPUs."""
+def _join_processes(device: torch.device) -> None:
+    """Join torchrun's process group, once per process. With no backend named, torch sets up
+    both: NCCL for CUDA tensors, gloo for CPU ones, whichever device a later fit trains on."""
     if dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    atexit.register(dist.destroy_process_group)
+    dist.init_process_group()
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
 def _training_step(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from anomaly import AnomalyError, Detector, registry
 from anomaly.data import read_csv
-from anomaly.training import workers
+from anomaly.training import this_process
 from pipelines import exit_code
 
 
@@ -39,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --out, --register, or both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        main = this_process().is_main  # under torchrun the first process speaks for all
+        if not main:
+            logging.getLogger().setLevel(logging.ERROR)
         detector = Detector(
             model=args.model, exclude=args.exclude, target_fpr=args.target_fpr,
             device=args.device,
         ).fit(frame := read_csv(args.data))  # fmt: skip
-        if not workers().main:  # under torchrun: every process holds the same model
+        if not main:  # every process holds the same model
             return 0
         if args.out:
             detector.save(args.out)

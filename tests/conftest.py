@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +74,13 @@ _MLFLOW_ENV = (
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
     "MLFLOW_EXPERIMENT_ID",
 )
+
+
+def torchrun(*args: str, processes: int = 2) -> list[str]:
+    """The command that runs ``args`` (a script, or ``-m MODULE``, and its arguments) in
+    ``processes`` data-parallel processes on this machine."""
+    launcher = Path(sys.executable).with_name("torchrun")
+    return [str(launcher), "--standalone", "--nproc-per-node", str(processes), *args]
 
 
 def free_port() -> int:

@@ -24,20 +24,22 @@ def test_scheduler_exit_code_for_bad_input(tmp_path):
 
 def test_train_under_torchrun_saves_once_from_the_first_process(tmp_path):
     import subprocess
-    import sys
     from pathlib import Path
+
+    from conftest import torchrun
 
     from anomaly import Detector
 
-    make_service_metrics(600, seed=0).to_csv(tmp_path / "normal.csv", index=False)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [
-        str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "pipelines.train",
-        "--data", str(tmp_path / "normal.csv"), "--out", str(tmp_path / "model"),
-        "--device", "cpu", "--exclude", "host_id", "--exclude", "timestamp", "--exclude", "label",
-    ]  # fmt: skip
+    normal = make_service_metrics(600, seed=0).assign(constant=1.0)  # warned of at fit
+    normal.to_csv(tmp_path / "normal.csv", index=False)
+    command = torchrun(
+        "-m", "pipelines.train", "--data", str(tmp_path / "normal.csv"),
+        "--out", str(tmp_path / "model"), "--device", "cpu",
+        "--exclude", "host_id", "--exclude", "timestamp", "--exclude", "label",
+    )  # fmt: skip
     root = Path(__file__).resolve().parents[1]  # pipelines run from the repository root
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("trained vae; threshold") == 1
+    assert done.stderr.count("'constant' is constant") == 1  # not once a process
     assert Detector.load(tmp_path / "model").training_summary_["processes"] == 2

@@ -43,7 +43,7 @@ import json, os, sys
 import numpy as np, torch
 import anomaly.training
 from anomaly.models import DenseAE
-from anomaly.training import TrainConfig, train, workers
+from anomaly.training import TrainConfig, this_process, train
 
 seen = {"train": 0, "validation": 0}  # rows this process computed the loss of
 loss = anomaly.training.training_loss
@@ -64,7 +64,7 @@ model = DenseAE(8, (16,), 2)
 config = TrainConfig(epochs=6, batch_size=2000, patience=50, progress=False)
 history = train(model, x[:2000], x[2000:], config, torch.device("cpu"))
 weights = {k: v.tolist() for k, v in model.state_dict().items()}
-out = os.path.join(sys.argv[1], f"rank{workers().rank}-of-{workers().world}.json")
+out = os.path.join(sys.argv[1], f"rank{this_process().rank}-of-{this_process().world}.json")
 with open(out, "w") as f:
     json.dump({"history": history, "weights": weights, "seen": seen}, f)
 """
@@ -78,15 +78,15 @@ def test_torchrun_processes_train_as_one_process_on_the_whole_batch(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
+
+    from conftest import torchrun
 
     script = tmp_path / "fit.py"
     script.write_text(_DATA_PARALLEL_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    torchrun = Path(sys.executable).with_name("torchrun")
     for command in (
         [sys.executable, str(script), str(tmp_path)],
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)],
+        torchrun(str(script), str(tmp_path)),
     ):
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -105,26 +105,29 @@ def test_torchrun_processes_train_as_one_process_on_the_whole_batch(tmp_path):
 def test_torchrun_variables_matter_to_training_only(monkeypatch, fitted_ae, test_rows, tmp_path):
     from anomaly import Detector
     from anomaly.errors import InputError
-    from anomaly.training import Workers, training_device, workers
+    from anomaly.training import Process, this_process, training_device
 
     monkeypatch.setenv("RANK", "1")  # set by something else, without torchrun's WORLD_SIZE
-    assert workers() == Workers() and workers().main
+    assert this_process() == Process() and this_process().is_main
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert workers() == Workers(rank=1, world=2, local_rank=0) and not workers().main
+    assert this_process() == Process(rank=1, world=2, local_rank=0) and not this_process().is_main
     # scoring and loading read no torchrun variables
     fitted_ae.save(tmp_path / "m")
     scores = Detector.load(tmp_path / "m").score_samples(test_rows)
     np.testing.assert_array_equal(scores, fitted_ae.score_samples(test_rows))
     # training refuses what the processes cannot share, before joining the others
     x = np.zeros((10, 8), np.float32)
-    for rows, batch, what in ((x[:1], None, "1 training rows"), (x, 1, "a batch of 1 rows")):
-        with pytest.raises(InputError, match=f"{what} cannot be shared by 2 processes"):
+    for rows, batch, what in ((x[:1], None, r"training rows \(1\)"), (x, 1, r"in a batch \(1\)")):
+        with pytest.raises(InputError, match=f"too few (rows )?{what} for 2 processes"):
             config = TrainConfig(epochs=1, batch_size=batch, progress=False)
             train(DenseAE(8, (4,), 2), rows, x, config, torch.device("cpu"))
     assert training_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(InputError, match="WORLD_SIZE, RANK and LOCAL_RANK must be whole"):
+        this_process()
     monkeypatch.delenv("RANK")
-    with pytest.raises(InputError, match="WORLD_SIZE, RANK and LOCAL_RANK"):
-        workers()
+    with pytest.raises(InputError, match="WORLD_SIZE is 2, but its RANK is not set"):
+        this_process()
 
 
 def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
@@ -144,5 +147,9 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(InputError, match="start one process per GPU"):
         training_device("auto")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU visible to each
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # two processes, one GPU
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(InputError, match="start one process per GPU"):
+        training_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     assert training_device("auto") == torch.device("cuda", 0)
