@@ -6,8 +6,10 @@ a :class:`TrainConfig`; what it learned goes out as the model's best weights and
 Under ``torchrun`` (data-parallel training, one process per GPU or per share of a CPU's cores)
 the same function runs in every process: each trains on its own share of the rows, with its
 share of each batch, and torch's ``DistributedDataParallel`` averages the gradients, so every
-process takes the same steps and ends with the same weights, as one process would training on
-the whole batch. Losses are averaged across processes too, so all stop early at the same epoch.
+process takes the same steps and ends with the same weights. Each step is the one a single
+process would take on the whole batch, but for the random draws (dropout, input noise, a VAE's
+samples), which each process makes for itself. Losses are averaged across processes too, so
+all stop early at the same epoch.
 
 On a GPU, a training step of these small models is a few dozen tiny kernels, and launching them
 from Python costs more than running them. So there, after a few eager warm-up steps, the whole
