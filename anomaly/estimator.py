@@ -173,6 +173,7 @@ class AutoencoderDetector:
             seed=self.seed,
             progress=self.progress,
         )
+        world = this_process().world
         started = time.perf_counter()
         history = train(module, x_train, x_val, config, device)
         seconds = time.perf_counter() - started
@@ -182,7 +183,9 @@ class AutoencoderDetector:
             "epochs_run": len(history["train_loss"]),
             "train_seconds": round(seconds, 3),
             "device": str(device),
-            "processes": this_process().world,
+            "processes": world,
+            # rows trained on: under torchrun the last len % processes are left out
+            "n_train": len(x_train) - len(x_train) % world,
         }
 
     def _check_fitted(self) -> None:

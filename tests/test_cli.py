@@ -64,7 +64,7 @@ def test_torchrun_trains_one_model_in_two_processes(tmp_path):
 
     from anomaly import Detector
 
-    normal = make_service_metrics(3000, seed=0).assign(constant=1.0)  # warned of at fit
+    normal = make_service_metrics(3001, seed=0).assign(constant=1.0)  # warned of at fit
     normal.to_csv(tmp_path / "normal.csv", index=False)
     command = torchrun(
         "-m", "anomaly.cli", "train", str(tmp_path / "normal.csv"), "--model", "ae",
@@ -80,6 +80,7 @@ def test_torchrun_trains_one_model_in_two_processes(tmp_path):
         command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
     )  # artifacts go to ./mlruns
     assert done.returncode == 0, done.stderr
+    # 2161 training rows: 1080 in each process, one left out
     assert done.stdout.count("trained ae on 2160 rows") == 1, done.stdout
     assert "cpu x 2 processes" in done.stdout
     assert done.stdout.count("saved to") == 1
