@@ -212,11 +212,12 @@ def train(
         check_target(out)
     from anomaly.training import this_process
 
-    if not this_process().is_main:  # under torchrun the first process speaks for all
+    main = this_process().is_main  # under torchrun the first process speaks for all
+    if not main:
         logging.getLogger().setLevel(logging.ERROR)
     # An unreachable tracking server fails now; the first process alone checks, as several
     # would race to create a new store.
-    if register is not None and this_process().is_main:
+    if register is not None and main:
         from anomaly import registry
 
         registry._client()

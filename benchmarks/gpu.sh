@@ -22,3 +22,9 @@ timeout 150 python3 -m benchmarks.batch_csv --rss-rows --work /tmp/bb --keep 2>&
     | tee "$out/batch_cpu.md"
 timeout 120 python3 -m benchmarks.batch_csv --rss-rows --work /tmp/bb --device cuda 2>&1 \
     | tee "$out/batch_cuda.md"
+# Data-parallel training (torchrun, NCCL) against one GPU, where the machine has several
+gpus=$(nvidia-smi -L | wc -l)
+if [ "$gpus" -ge 2 ]; then
+    timeout 300 python3 -m benchmarks.data_parallel --data "$data" --device cuda \
+        --processes "$gpus" --rows 300000 2>&1 | tee "$out/data_parallel.md"
+fi
