@@ -34,7 +34,8 @@ from anomaly.data.tabular import (
     CSV_PARSE_OPTIONS,
     csv_header,
     first_ragged_row,
-    line_of,
+    in_file,
+    ragged_row_error,
     text_convert_options,
     without_na_tokens,
 )
@@ -54,6 +55,7 @@ class BatchSummary:
     flagged: int
     seconds: float
     output: Path
+    unscored: int = 0  # rows without a score: points in a stretch shorter than a window
 
 
 def score_csv(
@@ -109,7 +111,6 @@ def score_csv(
             tqdm(
                 total=size, unit="B", unit_scale=True, desc="scoring", disable=not progress
             ) as bar,
-            open(input_path, "rb") as raw,
             _replacing(output_path) as out,
             _one_torch_thread_each(workers),
             ThreadPoolExecutor(max_workers=workers) as pool,
@@ -119,7 +120,7 @@ def score_csv(
             # GIL) and written in order; a bad block raises when its turn to be written comes,
             # so the error named is the file's first.
             in_flight: deque[Future] = deque()
-            for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
+            for batch in _read_blocks(input_path, header, block_size, bar):
                 in_flight.append(pool.submit(_score_block, detector, batch, kept, rows))
                 rows += batch.num_rows
                 if len(in_flight) > workers:
@@ -127,7 +128,7 @@ def score_csv(
             while in_flight:
                 flagged += _write_next(in_flight, out)
     except InputError as exc:
-        raise _on_line(exc, input_path) from None
+        raise in_file(exc, input_path) from None
     return BatchSummary(rows, flagged, time.perf_counter() - started, output_path)
 
 
@@ -181,35 +182,36 @@ def _score_series_csv(
     ):
         results = _ResultsFile(Path(tmp) / "results")
         try:
-            with _bar(input_path, "scoring", progress) as bar, open(input_path, "rb") as raw:
-                blocks = _read_blocks(_Counting(raw, bar), header, block_size, input_path)
+            with _bar(input_path, "scoring", progress) as bar:
+                blocks = _read_blocks(input_path, header, block_size, bar)
                 for done, scored in detector.score_time_ordered(_parsed(detector.schema_, blocks)):
                     results.put(done, scored)
         except (OutOfTimeOrder, InputError) as exc:
             if isinstance(exc, InputError) and exc.row is not None:
-                raise _on_line(exc, input_path) from None
+                raise in_file(exc, input_path) from None
             # Out of time order; or a segment without values, met before the rest of the file
             # was read, which rows further on (out of order) may fill. Reading it whole decides.
             log.warning("%s: %s; scoring the file whole (memory grows with it)", input_path, exc)
-            rows, flagged = _score_series_whole(
+            rows, flagged, unscored = _score_series_whole(
                 detector, input_path, out, header, block_size, progress
             )
         else:
-            rows, flagged = _write_series(
+            rows, flagged, unscored = _write_series(
                 input_path, out, header, kept, block_size, results, progress
             )
-    return BatchSummary(rows, flagged, time.perf_counter() - started, output_path)
+    return BatchSummary(rows, flagged, time.perf_counter() - started, output_path, unscored)
 
 
 def _write_series(
     input_path: Path, out, header: list[str], kept: list[str], block_size: int, results, progress
-) -> tuple[int, int]:
-    """The second read of a streamed series file: each row with its results, in file order."""
-    rows = flagged = 0
+) -> tuple[int, int, int]:
+    """The second read of a streamed series file: each row with its results, in file order;
+    returns the rows, the rows flagged and those without a score."""
+    rows = flagged = unscored = 0
     scored_rows = results.rows
-    with _bar(input_path, "writing", progress) as bar, open(input_path, "rb") as raw:
+    with _bar(input_path, "writing", progress) as bar:
         out.write(_header_line([*kept, *SERIES_RESULTS]))
-        for batch in _read_blocks(_Counting(raw, bar), header, block_size, input_path):
+        for batch in _read_blocks(input_path, header, block_size, bar):
             if rows + batch.num_rows > scored_rows:
                 raise InputError(f"{input_path} grew while it was being scored")
             scored = results.get(rows, rows + batch.num_rows)
@@ -218,7 +220,8 @@ def _write_series(
             out.write(_csv_bytes(pa.Table.from_arrays(arrays, [*kept, *SERIES_RESULTS])))
             rows += batch.num_rows
             flagged += int(scored["is_anomaly"].sum())
-    return rows, flagged
+            unscored += int(np.isnan(scored["anomaly_score"]).sum())
+    return rows, flagged, unscored
 
 
 def _parsed(schema, blocks):
@@ -281,14 +284,14 @@ class _ResultsFile:
 
 def _score_series_whole(
     detector, input_path: Path, out, header: list[str], block_size: int, progress
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
     """A file of time series scored whole (rows of a series may come in any order) and
-    written to ``out``; returns the rows and the rows flagged."""
+    written to ``out``; returns the rows, the rows flagged and those without a score."""
     schema = detector.schema_
     kept = [c for c in header if c not in RESULT_COLUMNS]
-    with _bar(input_path, "reading", progress) as bar, open(input_path, "rb") as raw:
+    with _bar(input_path, "reading", progress) as bar:
         table = pa.Table.from_batches(
-            list(_read_blocks(_Counting(raw, bar), header, block_size, input_path)),
+            list(_read_blocks(input_path, header, block_size, bar)),
             schema=pa.schema([(name, pa.string()) for name in header]),
         )
     frame = pd.DataFrame(
@@ -300,14 +303,15 @@ def _score_series_whole(
     try:
         result = detector.score(frame)
     except InputError as exc:
-        raise _on_line(exc, input_path) from None
+        raise in_file(exc, input_path) from None
     arrays = [table.column(name) for name in kept] + [
         pa.array(result[name].to_numpy(), from_pandas=True) for name in SERIES_RESULTS
     ]
     output = pa.Table.from_arrays(arrays, names=[*kept, *SERIES_RESULTS])
     out.write(_header_line(output.column_names))
     out.write(_csv_bytes(output))
-    return len(frame), int(result["is_anomaly"].sum())
+    unscored = int(result["anomaly_score"].isna().sum())
+    return len(frame), int(result["is_anomaly"].sum()), unscored
 
 
 @contextlib.contextmanager
@@ -347,15 +351,6 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def _on_line(exc: InputError, path: Path) -> InputError:
-    """``exc`` naming the file and the line of its row: rows count from 0 after the header,
-    an editor's lines from 1 at the header."""
-    if exc.row is None:
-        return exc
-    line = line_of(path, exc.row)
-    return InputError(f"{path}: {exc} (line {line} of the file)", column=exc.column, row=exc.row)
-
-
 def _bar(path: Path, desc: str, progress: bool) -> tqdm:
     return tqdm(
         total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, disable=not progress
@@ -388,48 +383,27 @@ def score_images(
     return BatchSummary(len(frame), flagged, time.perf_counter() - started, output_path)
 
 
-class _Counting:
-    """A read-only file wrapper that advances a progress bar by the bytes read."""
-
-    def __init__(self, raw, bar: tqdm):
-        self._raw, self._bar = raw, bar
-        self.closed = False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self._bar.update(len(data))
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _read_blocks(stream, header: list[str], block_size: int, path: Path):
-    """Record batches of text columns; Arrow's parse errors become InputError."""
+def _read_blocks(path: Path, header: list[str], block_size: int, bar: tqdm):
+    """Record batches of text columns, advancing ``bar`` by the bytes read (ahead); Arrow's
+    parse errors become InputError."""
+    # A file Arrow opens itself: its read-ahead threads then never call into Python, which
+    # could abort the interpreter as it exits after a parse error (apache/arrow#34314).
     try:
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(block_size=block_size),
-            parse_options=CSV_PARSE_OPTIONS,
-            convert_options=text_convert_options(header),
-        )
-        yield from reader
+        with pa.OSFile(str(path)) as source:
+            reader = pacsv.open_csv(
+                source,
+                read_options=pacsv.ReadOptions(block_size=block_size),
+                parse_options=CSV_PARSE_OPTIONS,
+                convert_options=text_convert_options(header),
+            )
+            for batch in reader:
+                bar.update(source.tell() - bar.n)
+                yield batch
     except pa.ArrowInvalid as exc:
         ragged = first_ragged_row(path, len(header))
         if ragged is None:
             raise InputError(f"{path} is not well-formed CSV: {exc}") from None
-        row, fields = ragged
-        raise InputError(  # named by path and line where it is caught (_on_line)
-            f"row {row} has {fields} fields, the header {len(header)} names; write each "
-            "row's fields in full, empty ones too",
-            row=row,
-        ) from None
+        raise ragged_row_error(*ragged, header) from None  # named by path and line where caught
 
 
 def _output_table(batch: pa.RecordBatch, kept: list[str], result: dict) -> pa.Table:

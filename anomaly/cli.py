@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from anomaly.errors import AnomalyError, InputError
+from anomaly.errors import AnomalyError, InputError, PromotionLocked, RegistryUnavailable
 
 app = typer.Typer(
     help="Autoencoder anomaly detection: train on normal rows, score new ones.",
@@ -68,9 +68,13 @@ class LogLevel(StrEnum):
     trace = "trace"
 
 
-def _fail(message: str) -> None:
+BAD_INPUT = 2  # a retry would fail the same way
+TRY_LATER = 75  # EX_TEMPFAIL: the registry was unreachable, or a promotion held its lock
+
+
+def _fail(message: str, code: int = BAD_INPUT) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def _friendly_errors(command):
@@ -80,6 +84,8 @@ def _friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except (RegistryUnavailable, PromotionLocked) as exc:
+            _fail(str(exc), TRY_LATER)
         except (AnomalyError, FloatingPointError) as exc:
             _fail(str(exc))
         except OSError as exc:  # a missing file, a read-only folder, a full disk...
@@ -247,7 +253,10 @@ def train(
         _report(detector, out, register, data)
         return
 
+    import numpy as np
+
     from anomaly.data import read_csv
+    from anomaly.data.tabular import in_file
 
     # A series' times and ids as written, as `anomaly score` reads them ("NA" may be a series).
     frame = read_csv(
@@ -280,7 +289,11 @@ def train(
         from anomaly.detector import Detector
 
         detector = Detector(**common, exclude=exclude, hidden=_parse_hidden(hidden))
-    detector.fit(normal)
+    try:
+        detector.fit(normal)
+    except InputError as exc:  # named by the file's row and line, labelled anomalies counted
+        rows = None if is_anomaly is None else np.flatnonzero(~is_anomaly)
+        raise in_file(exc, data, rows) from None
     _report(detector, out, register, data, frame, is_anomaly)
 
 
@@ -358,6 +371,12 @@ def score_command(
         f"({summary.flagged / max(summary.rows, 1):.2%}), {rate:,.0f} {unit}/s; wrote {out}"
         + (f" and maps in {maps}" if maps is not None else "")
     )
+    if summary.unscored:
+        typer.echo(
+            f"{summary.unscored} rows have no score: no window of {detector.window} points "
+            "covers them (a series or a stretch between gaps shorter than one window)",
+            err=True,
+        )
 
 
 @app.command()

@@ -62,7 +62,7 @@ class Detector(AutoencoderDetector):
         their expectations. With 0, the ``elbo`` takes it at the posterior mean: one decoder
         pass per row instead of ``n_samples + 1``, and as good a ranking on ADBench as 4
         draws (BENCHMARKS.md, section 1). ``iwae`` needs at least 1.
-    exclude : sequence of str, default=()
+    exclude : str or sequence of str, default=()
         Columns the model must not read (ids, timestamps, labels).
     max_categories : int, default=64
         Most levels kept per categorical column; rarer levels count as unseen.
@@ -103,7 +103,7 @@ class Detector(AutoencoderDetector):
         beta: float = 1.0,
         score: str | None = None,
         n_samples: int = 0,
-        exclude: tuple[str, ...] | list[str] = (),
+        exclude: str | tuple[str, ...] | list[str] = (),
         max_categories: int = 64,
         target_fpr: float = 0.01,
         threshold_method: str = "quantile",
@@ -126,7 +126,7 @@ class Detector(AutoencoderDetector):
         self.beta = beta
         self.score_method = score
         self.n_samples = n_samples
-        self.exclude = tuple(exclude)
+        self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         self.max_categories = max_categories
         self.target_fpr = target_fpr
         self.threshold_method = threshold_method
@@ -411,6 +411,7 @@ class Detector(AutoencoderDetector):
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
+        self._check_fitted()
         return self._save(
             path,
             schema=self.schema_.to_dict(),
@@ -428,6 +429,8 @@ class Detector(AutoencoderDetector):
 
 def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
+        if isinstance(X.columns, pd.MultiIndex):
+            raise InputError("the columns have several levels (a MultiIndex): give one name each")
         if all(isinstance(c, str) for c in X.columns):
             return X
         return X.rename(columns=str)  # e.g. pd.DataFrame(array): columns 0, 1, ... become "0", "1"

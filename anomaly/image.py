@@ -394,6 +394,7 @@ class ImageDetector(AutoencoderDetector):
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
+        self._check_fitted()
         return self._save(
             path,
             normalizer=self.normalizer_.to_dict(),

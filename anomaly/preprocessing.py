@@ -70,7 +70,9 @@ class TabularPreprocessor:
                     "out to calibrate or validate); exclude it, or give more rows",
                     column=name,
                 )
-            if not std > 1e-12:
+            # Relative: a column of tiny units (1e-13 mol) still varies; rounding leaves a
+            # constant column's std at a 1e-16th of its mean.
+            if not std > 1e-12 * abs(mean):
                 log.warning("column %r is constant at fit; it keeps unit scale", name)
                 std = 1.0
             self.stats_[name] = {"median": median, "mean": mean, "scale": std}

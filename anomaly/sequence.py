@@ -53,9 +53,9 @@ class SequenceDetector(AutoencoderDetector):
         The time column (dates or numbers).
     series_col : str, optional
         The series-id column, when a table holds several series.
-    value_cols : sequence of str, optional
+    value_cols : str or sequence of str, optional
         The value columns; by default every numeric column but the others named here.
-    exclude : list of str
+    exclude : str or list of str
         Columns to ignore when value columns are inferred (labels, ids).
     model : {"ae", "vae"}, default="ae"
     arch : {"conv", "gru"}, default="conv"
@@ -85,8 +85,8 @@ class SequenceDetector(AutoencoderDetector):
         self,
         timestamp_col: str = "timestamp",
         series_col: str | None = None,
-        value_cols: list[str] | None = None,
-        exclude: tuple[str, ...] | list[str] = (),
+        value_cols: str | list[str] | None = None,
+        exclude: str | tuple[str, ...] | list[str] = (),
         model: str = "ae",
         arch: str = "conv",
         window: int = 32,
@@ -114,8 +114,14 @@ class SequenceDetector(AutoencoderDetector):
     ):
         self.timestamp_col = timestamp_col
         self.series_col = series_col
-        self.value_cols = tuple(value_cols) if isinstance(value_cols, list) else value_cols
-        self.exclude = tuple(exclude)
+        self.value_cols = (
+            (value_cols,)
+            if isinstance(value_cols, str)
+            else tuple(value_cols)
+            if isinstance(value_cols, list)
+            else value_cols
+        )
+        self.exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
         self.model = model
         self.arch = arch
         self.window = window
@@ -204,6 +210,7 @@ class SequenceDetector(AutoencoderDetector):
             warm_start_from._check_fitted()
             schema = warm_start_from.schema_
         segments = schema.prepare(frame, window=self.window)
+        _warn_unwindowed(segments, self.window)
         train_part, val_part, cal_part = _split_in_time(
             segments, self.validation_fraction, self.calibration_fraction
         )
@@ -361,7 +368,7 @@ class SequenceDetector(AutoencoderDetector):
             last = tail.size if final else tail.observed - w + 1
             if last - tail.done >= (1 if final else self._ready_enough()):
                 arrays = tail.arrays()
-                stop = tail.size if final else self._pass_end(arrays, tail.observed - 1)
+                stop = tail.size if final else self._pass_end(arrays, tail.observed - 1, tail.name)
                 parts.append((tail, arrays, stop, last))
         if not parts:
             return None
@@ -390,15 +397,15 @@ class SequenceDetector(AutoencoderDetector):
             done_rows.append(rows[tail.done : last])
             offset += stop
             if not final:
-                tail.keep(self._context_start(times, values, max(0, last - w + 1)), last)
+                tail.keep(self._context_start(times, values, max(0, last - w + 1), tail.name), last)
         return np.concatenate(done_rows), {name: col[finished] for name, col in scored.items()}
 
-    def _breaks(self, times: np.ndarray) -> np.ndarray:
-        """Where segments start among rows of one series in time order, but the first (as
+    def _breaks(self, times: np.ndarray, series) -> np.ndarray:
+        """Where segments start among rows of ``series`` in time order, but the first (as
         :meth:`SequenceSchema.segments` splits them): after a step longer than ``max_gap``."""
-        return np.flatnonzero(self.schema_.gaps(times)) + 1
+        return np.flatnonzero(self.schema_.gaps(times, series)) + 1
 
-    def _pass_end(self, arrays: tuple[np.ndarray, ...], needed: int) -> int:
+    def _pass_end(self, arrays: tuple[np.ndarray, ...], needed: int, series) -> int:
         """The rows of a series that a pass reads to score the points whose windows end by
         ``needed`` as the whole series would: up to each column's first value at or after
         ``needed`` (all have arrived), which the gaps before it are interpolated from; or up
@@ -406,15 +413,15 @@ class SequenceDetector(AutoencoderDetector):
         begun later may lack a column only for now (an error to the pass)."""
         _, times, values = arrays
         stop = needed + 1 + int((~np.isnan(values[needed:])).argmax(axis=0).max())
-        breaks = self._breaks(times[needed:stop])
+        breaks = self._breaks(times[needed:stop], series)
         return needed + int(breaks[0]) if len(breaks) else stop
 
-    def _context_start(self, times: np.ndarray, values: np.ndarray, first: int) -> int:
+    def _context_start(self, times: np.ndarray, values: np.ndarray, first: int, series) -> int:
         """The first row of a series to keep when the windows still to score start at
         ``first`` or later: each column's last value at or before ``first`` in its segment,
         the value the gaps after it are interpolated from (a column without one there is
         filled from its values after: nothing to keep for it)."""
-        breaks = self._breaks(times[: first + 1])
+        breaks = self._breaks(times[: first + 1], series)
         segment = int(breaks[-1]) if len(breaks) else 0
         seen = ~np.isnan(values[segment : first + 1])
         previous = np.where(seen.any(axis=0), first - seen[::-1].argmax(axis=0), first)
@@ -493,6 +500,7 @@ class SequenceDetector(AutoencoderDetector):
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | Path) -> Path:
         """Write the fitted detector to the directory ``path`` (safetensors + JSON)."""
+        self._check_fitted()
         return self._save(
             path,
             schema=self.schema_.to_dict(),
@@ -538,6 +546,27 @@ def _check_time_order(series, starts, rows, times, schema: SequenceSchema) -> No
     name = series[np.searchsorted(starts, i, side="right") - 1].name
     where = f"series {name!r}" if name != "" else "the series"
     raise OutOfTimeOrder(f"{where} goes back in time at row {int(rows[i])}")
+
+
+def _warn_unwindowed(segments: Segments, window: int) -> None:
+    """Warn of the series that no window fits in (each stretch between gaps is shorter than
+    one): they are not trained on."""
+    windowed = {
+        name
+        for name, (a, b) in zip(segments.series, segments.bounds, strict=True)
+        if b - a >= window
+    }
+    left_out = [name for name in dict.fromkeys(segments.series) if name not in windowed]
+    if left_out:
+        log.warning(
+            "%d of %d series have no stretch of %d points without a gap, and are not trained "
+            "on: %s",
+            len(left_out),
+            len(windowed) + len(left_out),
+            window,
+            ", ".join(repr(str(name)) for name in left_out[:5])
+            + (", ..." if len(left_out) > 5 else ""),
+        )
 
 
 class _SeriesTail:
@@ -588,6 +617,8 @@ class _SeriesTail:
 def _as_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
         raise InputError(f"expected a DataFrame, got {type(frame).__name__}")
+    if isinstance(frame.columns, pd.MultiIndex):
+        raise InputError("the columns have several levels (a MultiIndex): give one name each")
     return frame
 
 

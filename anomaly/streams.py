@@ -8,7 +8,8 @@ ahead:
 
 - a point must come after the stream's last point in time (else the request is refused whole);
 - a missing value takes the stream's previous value for that column (a file interpolates);
-- a step longer than the model's ``max_gap`` typical steps empties the buffer: the next
+- a step longer than ``max_gap`` typical steps (of the training series named as the stream,
+  else over all series) empties the buffer: the next
   ``window - 1`` points get no score, with that reason;
 - a model hot reload keeps the buffers; a new model with other value columns empties them.
 
@@ -73,6 +74,8 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
             if name not in point:
                 raise InputError(f"point {i}: missing field {name!r}", column=name, row=i)
             value = point[name]
+            if name == schema.timestamp and (problem := _not_a_time(value)):
+                raise InputError(f"point {i}: {name!r} {problem}", column=name, row=i)
             # JSON may carry a lone surrogate ("\ud800"), which no text column can hold.
             if isinstance(value, str) and not value.isascii() and not _encodes(value):
                 raise InputError(f"point {i}: {name!r} holds an unpaired surrogate, not text",
@@ -85,6 +88,15 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
     return times, values
 
 
+def _not_a_time(value) -> str | None:
+    """Why a JSON value cannot be a point's time (None when it may be one)."""
+    if isinstance(value, bool):
+        return f"is {str(value).lower()}, not a time"
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return "is out of range: times are echoed back as 64-bit integers at most"
+    return None
+
+
 def _encodes(text: str) -> bool:
     try:
         text.encode()
@@ -93,12 +105,17 @@ def _encodes(text: str) -> bool:
     return True
 
 
-def push(detector, buffer: Buffer | None, times: np.ndarray, values: np.ndarray):
-    """Append points to a stream's buffer; returns the new buffer and a :class:`Pushed`.
+def push(
+    detector, buffer: Buffer | None, times: np.ndarray, values: np.ndarray, stream_id: str = ""
+):
+    """Append points to a stream's buffer; returns the new buffer and a :class:`Pushed`. A
+    stream named as a training series has that series' typical step (gaps are longer than
+    ``max_gap`` of them).
 
     Pure: the old buffer is not changed, so a refused request leaves the stream as it was.
     """
     schema, window = detector.schema_, detector.window
+    longest_step = schema.max_gap * schema.step_of(stream_id)
     if buffer is None or buffer.columns != schema.values:
         buffer = Buffer(schema.values)
     kept_times, kept_values = list(buffer.times), [list(v) for v in buffer.values]
@@ -111,7 +128,7 @@ def push(detector, buffer: Buffer | None, times: np.ndarray, values: np.ndarray)
                 row=i,
             )
         reason = None
-        if kept_times and t - kept_times[-1] > schema.max_gap * schema.step:
+        if kept_times and t - kept_times[-1] > longest_step:
             kept_times, kept_values = [], []
             reason = "a gap in time: the window restarts"
         missing = np.isnan(point)
@@ -153,7 +170,7 @@ class MemoryStreams:
             now = time.monotonic()
             self._expire(now)
             entry = self._buffers.get(stream_id)
-            buffer, pushed = push(detector, entry[1] if entry else None, times, values)
+            buffer, pushed = push(detector, entry[1] if entry else None, times, values, stream_id)
             self._buffers[stream_id] = (now, buffer)
             self._buffers.move_to_end(stream_id)
             while len(self._buffers) > self.max_streams:
@@ -193,7 +210,7 @@ class RedisStreams:
                     pipe.watch(key)
                     stored = pipe.get(key)
                     buffer = Buffer.from_json(stored) if stored is not None else None
-                    new_buffer, pushed = push(detector, buffer, times, values)
+                    new_buffer, pushed = push(detector, buffer, times, values, stream_id)
                     pipe.multi()
                     pipe.set(key, new_buffer.to_json(), ex=max(1, round(self.ttl_s)))
                     pipe.execute()

@@ -3,15 +3,16 @@
 
 import os
 
-from anomaly.errors import AnomalyError, RegistryUnavailable
+from anomaly.errors import AnomalyError, PromotionLocked, RegistryUnavailable
 
 # A scheduler's log is no terminal: MLflow's per-file download bars would fill it.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 BAD_INPUT = 2  # bad data, model or URI: the reason is logged; a retry would fail the same way
-UNAVAILABLE = 75  # EX_TEMPFAIL: the MLflow server was unreachable or failing; retry later
+UNAVAILABLE = 75  # EX_TEMPFAIL: the MLflow server was unreachable or failing, or a promotion
+# held its lock; retry later
 
 
 def exit_code(exc: AnomalyError) -> int:
     """The exit code for a job stopped by ``exc``."""
-    return UNAVAILABLE if isinstance(exc, RegistryUnavailable) else BAD_INPUT
+    return UNAVAILABLE if isinstance(exc, RegistryUnavailable | PromotionLocked) else BAD_INPUT

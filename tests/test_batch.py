@@ -246,8 +246,8 @@ def test_read_with_the_schema_refuses_what_the_batch_scorer_refuses(
 
 
 def test_a_short_row_is_named_by_row_and_line(fitted_ae, test_rows, tmp_path):
-    """Arrow refuses a row with fields left off (read_csv, like pandas, reads them missing):
-    the error says which row, on which line."""
+    """Arrow refuses a row with fields left off: the error says which row, on which line
+    (read_csv's own check: tests/test_tabular.py)."""
     lines = test_rows.head(1500).to_csv(index=False).splitlines()
     lines[1201] = lines[1201].rsplit(",", 1)[0]  # data row 1200 loses its last field
     path = tmp_path / "in.csv"
@@ -257,6 +257,17 @@ def test_a_short_row_is_named_by_row_and_line(fitted_ae, test_rows, tmp_path):
     with pytest.raises(InputError, match=message) as info:
         score_csv(fitted_ae, path, tmp_path / "out.csv", block_size=16 << 10, progress=False)
     assert info.value.row == 1200
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_header_with_an_empty_name_is_refused_as_at_training(fitted_ae, test_rows, tmp_path):
+    """A spreadsheet's trailing comma leaves the last name empty."""
+    lines = test_rows.head(3).to_csv(index=False).splitlines()
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([lines[0] + ","] + [line + ",1" for line in lines[1:]]) + "\n")
+    message = f"column {len(test_rows.columns) + 1} of the header has no name"
+    with pytest.raises(InputError, match=message):
+        score_csv(fitted_ae, path, tmp_path / "out.csv", progress=False)
     assert not (tmp_path / "out.csv").exists()
 
 

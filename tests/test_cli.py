@@ -161,6 +161,20 @@ def _run(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
+def test_training_errors_name_the_files_row_and_line_labelled_rows_counted(tmp_path):
+    """Training reads the rows labelled normal; an error there names the row in the file."""
+    rows = make_service_metrics(300, seed=0).assign(label=0).astype({"cpu": object})
+    rows.loc[:9, "label"] = 1
+    rows.loc[50, "cpu"] = "inf"
+    path = tmp_path / "labelled.csv"
+    rows.to_csv(path, index=False)
+    done = _run("train", str(path), "-x", "host_id", "-x", "timestamp", "--label-col", "label",
+                "--out", str(tmp_path / "m"))  # fmt: skip
+    assert done.exit_code == 2
+    assert f"error: {path}: column 'cpu', row 50: infinite values" in done.stderr
+    assert done.stderr.strip().endswith("(line 52 of the file)")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -220,7 +234,7 @@ def test_an_unusable_out_or_registry_is_refused_before_training(tmp_path, monkey
         assert "trained" not in done.stdout
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     done = _run(*train, "--register", "unreachable")
-    assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
+    assert done.exit_code == 75 and isinstance(done.exception, SystemExit)  # try again later
     assert "cannot reach the MLflow tracking server" in done.stderr
     assert "trained" not in done.stdout
 

@@ -210,6 +210,10 @@ def test_scikit_learn_clones_a_detector():
     # set_params keeps values as the constructor does, so a clone after it works too
     assert clone(Detector().set_params(hidden=[16, 8])).hidden == (16, 8)
     assert clone(SequenceDetector().set_params(value_cols=["v"])).value_cols == ("v",)
+    # one name given alone is that name, not its letters
+    assert clone(Detector().set_params(exclude="id")).exclude == ("id",)
+    assert clone(SequenceDetector(value_cols="v", exclude="label")).value_cols == ("v",)
+    assert SequenceDetector(exclude="label").exclude == ("label",)
 
 
 def test_load_refuses_what_is_not_a_model(tmp_path):
@@ -225,9 +229,16 @@ def test_missing_values_and_unseen_categories_score_without_error(fitted_ae, tes
     assert np.isfinite(fitted_ae.score_samples(rows)).all()
 
 
-def test_unfitted_and_bad_input(fitted_ae, test_rows):
+def test_unfitted_and_bad_input(fitted_ae, test_rows, tmp_path):
     with pytest.raises(NotFittedError):
         Detector().score(test_rows)
+    with pytest.raises(NotFittedError):
+        Detector().save(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    levels = test_rows.head(2).copy()
+    levels.columns = pd.MultiIndex.from_product([["m"], test_rows.columns])
+    with pytest.raises(InputError, match="several levels"):
+        fitted_ae.score(levels)
     with pytest.raises(InputError, match="missing column 'cpu'"):
         fitted_ae.score(test_rows.drop(columns=["cpu"]))
     bad = test_rows.head(4).astype({"memory": object})

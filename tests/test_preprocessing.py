@@ -30,6 +30,18 @@ def test_constant_column_keeps_unit_scale():
     assert out[0, 0] == 2.0  # a departure from the constant shows in raw units
 
 
+def test_a_column_of_tiny_units_is_not_constant():
+    """Constant is relative to the values: moles of 1e-13 vary; rounding leaves a constant
+    column's spread at about a 1e-16th of its value, whatever its unit."""
+    rng = np.random.default_rng(0)
+    tiny = rng.normal(5e-13, 1e-13, 200)
+    schema, pre = _fit(pd.DataFrame({"x": tiny, "y": np.full(200, 1e-200)}))
+    assert np.isclose(pre.stats_["x"]["scale"], tiny.std())
+    assert pre.stats_["y"]["scale"] == 1.0
+    out = pre.transform(schema.coerce(pd.DataFrame({"x": [5e-12], "y": [1e-200]})))
+    assert out[0, 0] > 40  # 5e-12 is 45 standard deviations out
+
+
 def test_one_hot_with_unseen_category_all_zero():
     schema, pre = _fit(pd.DataFrame({"c": ["a", "b", "a"], "x": [1.0, 2.0, 3.0]}))
     assert pre.n_features_ == 3

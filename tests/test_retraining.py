@@ -297,6 +297,14 @@ def test_promote_and_rollback_wait_for_the_lock_and_a_holder_drops_only_its_own(
     with pytest.raises(PromotionLocked):
         registry.rollback(name)
     assert aliases(name) == {"champion": "2", "previous": "1"}  # neither moved anything
+    # The CLI says "try again later" (EX_TEMPFAIL), not "bad input".
+    from typer.testing import CliRunner
+
+    from anomaly.cli import app
+
+    for args in (["models", "promote", name, "1"], ["rollback", name]):
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code == 75 and "holds its lock" in done.output, args
     client.delete_registered_model(lock)
     # A holder whose lock was broken as stale, and taken by another, leaves the other's lock.
     with registry._promotion_lock(client, name, wait_s=1.0, lease_s=600.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -15,6 +16,9 @@ from anomaly.datasets import make_metric_series
 from anomaly.detector import Detector
 from anomaly.errors import InputError, ModelFormatError
 from anomaly.sequence import SequenceDetector
+from anomaly.streams import push
+
+GAP = "a gap in time: the window restarts"
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +314,98 @@ def test_evt_without_enough_calibration_windows_is_refused_before_training(monke
                            target_fpr=0.001, window=16)  # fmt: skip
     with pytest.raises(InputError, match="needs at least 100 calibration rows"):
         det.fit(make_metric_series(300, 2))
+
+
+def test_times_written_as_numbers_are_numbers_and_clock_words_no_times():
+    """A CSV file's epoch seconds arrive as text ("1709251200"): numbers, as pandas' own read
+    of the file has them; pandas reads "now" and "today" as the clock's time, in any format."""
+    text = pd.DataFrame({"t": ["1709251200", "1709254800", "1709258400"], "v": 1.0})
+    schema = SequenceSchema.infer(text, timestamp="t")
+    assert schema.timestamp_kind == "number" and schema.step == 3600.0
+    with pytest.raises(InputError, match="column 't', row 2: 'x' is not a number"):
+        SequenceSchema.infer(text.assign(t=["1", "2", "x"]), timestamp="t")
+    iso = SequenceSchema.infer(_days("2024-01-05", 5, "%Y-%m-%d"), timestamp="t")
+    dmy = SequenceSchema.infer(_days("2024-01-13", 5, "%d/%m/%Y"), timestamp="t")
+    for schema, first in [(iso, "2024-01-01"), (dmy, "13/01/2024")]:
+        for word in ["now", "today"]:
+            with pytest.raises(InputError, match=f"row 1: '{word}' is not a timestamp"):
+                schema.seconds(pd.Series([first, word]))
+
+
+def test_a_tie_between_day_and_month_first_in_times_of_no_one_format_is_warned(caplog):
+    """Midnight written as a bare date, and no day past the 12th: the day-first and
+    month-first readings read as many times, so which one is taken is said."""
+    hours = pd.date_range("2024-03-01", periods=12 * 24, freq="h")
+    text = [t.strftime("%d/%m/%Y" if t.hour == 0 else "%d/%m/%Y %H:%M") for t in hours]
+    with caplog.at_level(logging.WARNING):
+        schema = SequenceSchema.infer(pd.DataFrame({"t": text, "v": 1.0}), timestamp="t")
+    assert schema.time_format == "mixed"
+    assert "%m/%d/%Y %H:%M and %d/%m/%Y %H:%M" in caplog.text and "month first" in caplog.text
+
+
+def _two_rates(fast: int, slow: int) -> pd.DataFrame:
+    """Series sampled every minute and every ten minutes, in one file."""
+    rng = np.random.default_rng(0)
+    parts = [
+        pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=n, freq=freq), "host": host})
+        for host, n, freq in [("fast", fast, "1min"), ("slow", slow, "10min")]
+    ]
+    frame = pd.concat(parts, ignore_index=True)
+    frame["value"] = np.sin(np.arange(len(frame)) / 8) + rng.normal(0, 0.1, len(frame))
+    return frame
+
+
+def test_each_series_keeps_its_own_typical_step(caplog, tmp_path):
+    """A series sampled ten times slower than the rest is not all gaps: each series' steps
+    are its own (a series not seen at fit has the median over all)."""
+    frame = _two_rates(1500, 300)
+    schema = SequenceSchema.infer(frame, timestamp="timestamp", series="host")
+    assert schema.step == 60.0 and schema.steps == {"fast": 60.0, "slow": 600.0}
+    assert SequenceSchema.from_dict(schema.to_dict()) == schema
+    assert schema.step_of("slow") == 600.0 and schema.step_of("new") == 60.0
+    with caplog.at_level(logging.WARNING):
+        det = SequenceDetector(series_col="host", window=16, epochs=2).fit(frame)
+    assert "not trained on" not in caplog.text
+    scores = det.score(frame)["anomaly_score"]
+    assert scores.notna().groupby(frame["host"]).all().all()
+    # A stream named as a series has its step; another, the median over all.
+    slow = frame[frame["host"] == "slow"].head(3)
+    times = det.schema_.seconds(slow["timestamp"])
+    values = slow[["value"]].to_numpy()
+    assert GAP not in push(det, None, times, values, "slow")[1].reasons
+    assert push(det, None, times, values, "other")[1].reasons[1:] == [GAP, GAP]
+    # A series that no window fits in is said to be left out, and the rows without a score
+    # are counted where a file is scored.
+    short = pd.concat([frame, frame.head(5).assign(host="brief")], ignore_index=True)
+    with caplog.at_level(logging.WARNING):
+        SequenceDetector(series_col="host", window=16, epochs=1).fit(short)
+    assert "1 of 3 series have no stretch of 16 points without a gap" in caplog.text
+    assert "'brief'" in caplog.text
+    short.to_csv(tmp_path / "short.csv", index=False)
+    summary = score_csv(det, tmp_path / "short.csv", tmp_path / "out.csv", progress=False)
+    assert summary.unscored == 5
+
+
+def test_the_cli_trains_on_epoch_seconds_and_counts_the_rows_it_cannot_score(tmp_path):
+    """The CLI reads times as written (text): epoch seconds are numbers there too."""
+    from typer.testing import CliRunner
+
+    from anomaly.cli import app
+
+    rows = make_metric_series(400, 1, shuffle=False)
+    rows["timestamp"] = (rows["timestamp"] - pd.Timestamp(0)) // pd.Timedelta(1, "s")
+    rows.drop(columns=["host", "label"]).to_csv(tmp_path / "epoch.csv", index=False)
+    args = ["train", str(tmp_path / "epoch.csv"), "--modality", "sequence", "--window", "16",
+            "--epochs", "1", "--no-progress", "--out", str(tmp_path / "m")]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    meta = json.loads((tmp_path / "m" / "detector.json").read_text())
+    assert meta["schema"]["timestamp_kind"] == "number" and meta["schema"]["step"] == 60.0
+    lines = (tmp_path / "epoch.csv").read_text().splitlines()
+    later = [f"{int(line.split(',')[0]) + 86400},{line.split(',', 1)[1]}" for line in lines[1:6]]
+    (tmp_path / "new.csv").write_text("\n".join([*lines, *later]) + "\n")
+    args = ["score", str(tmp_path / "new.csv"), "-m", str(tmp_path / "m"), "-o",
+            str(tmp_path / "out.csv"), "--no-progress"]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "5 rows have no score: no window of 16 points covers them" in done.output

@@ -100,6 +100,14 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
             assert answer.status_code == 422, answer.text
             assert answer.json()["detail"][0]["loc"] == ["path", "stream_id"]
         assert client.post("/v1/streams/%EF%BF%BD/points", json={"points": first}).is_success
+        # ids such as rack1/host7 name streams of their own, written plainly or escaped
+        answer = client.post("/v1/streams/rack1/host7/points", json={"points": first})
+        assert answer.status_code == 200 and answer.json()["stream_id"] == "rack1/host7"
+        answer = client.post("/v1/streams/rack1%2Fhost7/points", json={"points": first})
+        assert answer.status_code == 422 and "not after the stream's last point" in answer.text
+        # true is no time (nor 1 second past 1970)
+        answer = client.post(url, json={"points": [{"timestamp": True, "value": 1.0}]})
+        assert answer.status_code == 422 and "'timestamp' is true, not a time" in answer.text
         # the refused requests changed nothing: the stream goes on from point 5
         answer = client.post(url, json={"points": points_of(series.iloc[5:WINDOW])})
         assert answer.json()["results"][-1]["anomaly_score"] is not None
@@ -266,3 +274,18 @@ def test_a_reload_to_another_kind_of_model_is_refused(detector, fitted_ae):
     with pytest.raises(ModelFormatError, match="a sequence model; this service serves tabular"):
         holder._reload_if_moved()
     assert holder.current.ref.version == "1" and holder.current.detector.kind == "tabular"
+
+
+def test_a_time_past_64_bits_is_refused_not_a_500():
+    """The answer echoes each point's time; JSON integers past 64 bits cannot be written."""
+    from types import SimpleNamespace
+
+    from anomaly.data.sequence import SequenceSchema
+    from anomaly.errors import InputError
+
+    numbered = SimpleNamespace(schema_=SequenceSchema("t", ("v",), timestamp_kind="number"))
+    times, _ = parse_points(numbered, [{"t": 2**63 - 1, "v": 1.0}, {"t": -(2**63), "v": 1.0}])
+    assert times.tolist() == [2.0**63, -(2.0**63)]
+    for bad in (2**64, -(2**63) - 1):
+        with pytest.raises(InputError, match="'t' is out of range"):
+            parse_points(numbered, [{"t": 1, "v": 1.0}, {"t": bad, "v": 1.0}])

@@ -117,10 +117,38 @@ def test_a_stream_line_past_the_limit_is_named_and_the_lines_before_it_are_score
         assert [o["line"] for o in out] == [0, 1, 2]
         assert out[1] == {"line": 1, "error": f"line longer than {limit} bytes"}
         assert "anomaly_score" in out[0] and "anomaly_score" in out[2]
-        # One that does not end: the complete lines before it are scored, then the stream stops.
+        # One that does not end: the complete lines before it are scored, then it is named.
         body = b"\n".join([records[0], records[1], long])
         out = _stream_body(client, body)
         assert [o["line"] for o in out] == [0, 1, 2] and "error" in out[2]
+        # One that spans chunks: named once its buffered part passes the limit, the rest of it
+        # skipped as it arrives, and the lines after it scored.
+        half = len(long) // 2
+        chunks = [records[0] + b"\n" + long[:half], long[half:-5], long[-5:] + b"\n" + records[1]]
+        out = _stream_chunks(client, chunks, limit)
+        assert [o["line"] for o in out] == [0, 1, 2]
+        assert out[1] == {"line": 1, "error": f"line longer than {limit} bytes"}
+        assert "anomaly_score" in out[0] and "anomaly_score" in out[2]
+
+
+def _stream_chunks(client: TestClient, chunks: list[bytes], limit: int) -> list[dict]:
+    """The stream endpoint's answer to a body that arrives in ``chunks`` (TestClient sends a
+    body whole), run on the app's own event loop."""
+    from starlette.requests import Request
+
+    from anomaly.service.routes import _stream_parts
+
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    messages.append({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive():
+        return messages.pop(0)
+
+    async def answer():
+        request = Request({"type": "http", "app": client.app, "headers": []}, receive)
+        return b"".join([part async for part in _stream_parts(request, 512, limit)])
+
+    return [json.loads(line) for line in client.portal.call(answer).splitlines()]
 
 
 def _stream_body(client: TestClient, body: bytes) -> list[dict]:
@@ -246,6 +274,27 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     answer = client.post("/invocations", content=json.dumps({"dataframe_records": [huge]}),
                          headers={"Content-Type": "application/json"})  # fmt: skip
     assert answer.status_code == 200 and answer.json()["predictions"][0]["host_id"] == 10**400
+    # One past 64 bits, within a float's range (orjson would read it as one), and beside it a
+    # NaN deep in another column: the answer is the id as sent, and strict JSON.
+    long_id = {**record, "host_id": 12345678901234567890123456789, "tags": [float("nan")]}
+    answer = client.post("/invocations", content=json.dumps({"dataframe_records": [long_id]}),
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 200
+    strict = json.loads(answer.text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert strict["predictions"][0]["host_id"] == 12345678901234567890123456789
+    assert strict["predictions"][0]["tags"] == [None]
+    # A column named twice would come back once, its first values lost.
+    twice = {"columns": ["host_id", *record], "data": [[1, *record.values()]]}
+    answer = client.post("/invocations", json={"dataframe_split": twice})
+    assert answer.status_code == 400
+    assert answer.json()["message"] == "dataframe_split: column 'host_id' appears twice"
+    # A row with fields left off is refused, as `anomaly score` refuses it.
+    short = rows.head(3).to_csv(index=False).splitlines()
+    short[2] = short[2].rsplit(",", 2)[0]
+    answer = client.post("/invocations", content="\n".join(short) + "\n",
+                         headers={"Content-Type": "text/csv"})  # fmt: skip
+    assert answer.status_code == 400
+    assert answer.json()["message"].startswith("the CSV body: row 1 has 8 fields, the header 10")
     # An id next to a null stays an int (pandas alone would make the column float).
     ids = [{**record, "host_id": 2**53 + 1}, {**record, "host_id": None}]
     split = {"columns": list(ids[0]), "data": [list(r.values()) for r in ids]}

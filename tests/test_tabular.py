@@ -1,4 +1,5 @@
 import io
+import logging
 import re
 
 import numpy as np
@@ -157,6 +158,52 @@ def test_read_csv_refuses_repeated_and_empty_names(tmp_path):
     latin.write_bytes("caf\xe9,b\n1,2\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin\.csv is not a well-formed CSV file"):
         read_csv(latin)
+
+
+def test_read_csv_refuses_a_row_with_fields_left_off_or_added(tmp_path):
+    """pandas fills a short row's last fields with NaN (and refuses a long one in its own
+    words): refused as ``anomaly score`` refuses them, naming the row and its line."""
+    short = tmp_path / "short.csv"
+    short.write_text('a,b,c\n1,2,3\n"x\ny",5,6\n7,8\n')
+    with pytest.raises(InputError, match=r"short\.csv: row 2 has 2 fields, the header 3 names; "
+                       r".* \(line 5 of the file\)") as info:  # fmt: skip
+        read_csv(short)
+    assert info.value.row == 2
+    with pytest.raises(InputError, match=r"the body: row 1 has 4 fields, the header 3 names"):
+        read_csv(io.BytesIO(b"a,b,c\n1,2,3\n4,5,6,7\n"), name="the body")
+    # an empty last field is a missing value, not a field left off
+    gaps = read_csv(io.BytesIO(b"a,b,c\n1,2,\n4,5,6\n"))
+    assert gaps["c"].isna().tolist() == [True, False]
+
+
+def test_a_column_of_numbers_with_a_stray_word_is_said_at_fit(caplog):
+    """Levels may look like numbers ("7", "12", "A"), so the column stays categorical; but a
+    typo in a column of numbers would pass unseen, so the first word is named."""
+    frame = pd.DataFrame({"amount": ["1.5", "2", "abc", "4"], "city": ["a", "b", "a", "b"]})
+    with caplog.at_level(logging.WARNING):
+        schema = TabularSchema.infer(frame)
+    assert schema.columns[0].kind == CATEGORICAL
+    assert "column 'amount', row 2: 'abc' is not a number, though most of the" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        TabularSchema.infer(frame.astype({"amount": "category"}))  # levels, as the user says
+    assert "not a number" not in caplog.text
+
+
+def test_true_false_and_dates_are_not_numbers_for_a_numeric_column():
+    """numpy would read them as 1 and as nanoseconds; a CSV file's "true" is refused too."""
+    schema = TabularSchema.infer(pd.DataFrame({"x": [1.0, 2.0], "y": [0.5, 0.25]}))
+    for bad, shown in [
+        (pd.Series([True, False]), "True"),
+        (pd.Series([1.0, True], dtype=object), "True"),
+        (pd.to_datetime(pd.Series(["2024-01-01", "2024-01-02"])), "Timestamp"),
+        (pd.to_timedelta(pd.Series([1, 2]), unit="s"), "Timedelta"),
+    ]:
+        row = 1 if bad.dtype == object else 0
+        with pytest.raises(InputError, match=f"column 'x', row {row}: {shown}.* is not a number"):
+            schema.coerce(pd.DataFrame({"x": bad, "y": [0.5, 0.5]}))
+    with pytest.raises(InputError, match="column 'x', row 0: True is not a number"):
+        schema.coerce_records([{"x": True, "y": 0.5}])
 
 
 def test_error_messages_do_not_echo_long_values():
@@ -335,10 +382,10 @@ def test_read_csv_with_a_schema_refuses_as_the_batch_scorer():
     with pytest.raises(InputError, match=r"column 'x', row 0: 'True' is not a number") as info:
         read_csv(io.BytesIO(b"x,b,c\nTrue,true,7\nFalse,false,7\n"), schema=schema)
     assert (info.value.column, info.value.row) == ("x", 0)
-    # A short row reads as at training: the fields it lacks are missing.
-    short = read_csv(io.BytesIO(b"x,b,c\n1,true\n2,false,7\n"), schema=schema)
-    assert short["c"].isna().tolist() == [True, False]
-    assert read_csv(io.BytesIO(b"x,b,c\n1,true\n2,false,7\n"))["c"].isna().tolist() == [True, False]
+    # A short row is refused, as at training and by the batch scorer.
+    for given in (schema, None):
+        with pytest.raises(InputError, match="the CSV data: row 0 has 2 fields, the header 3"):
+            read_csv(io.BytesIO(b"x,b,c\n1,true\n2,false,7\n"), schema=given)
     # A column the model reads that the file lacks is left to coerce, which names it.
     frame = read_csv(io.BytesIO(b"x,c\n1,7\n"), schema=schema)
     with pytest.raises(InputError, match="missing column 'b'"):

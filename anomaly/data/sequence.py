@@ -10,7 +10,8 @@ more numeric value columns. The policy for imperfect data, the same at fit and a
   its ends). A segment of at least one window with no value at all in a column is an error
   naming column, series, and the segment's first row and time.
 - **Gaps.** Windows run over consecutive observations. A step longer than ``max_gap`` times the
-  typical step (the median step seen at fit) starts a new segment: no window straddles the gap,
+  typical step (the series' median step seen at fit; for a series not seen at fit, the median
+  over all series) starts a new segment: no window straddles the gap,
   and the first ``window - 1`` points after it are scored by fewer windows (a segment shorter
   than one window gets no score: NaN).
 
@@ -25,13 +26,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from anomaly.data.tabular import _refuse_first, _to_float
+from anomaly.data.tabular import _refuse_first, _to_float, mostly_numbers
 from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,10 @@ ISO8601 = "ISO8601"  # pandas' name for any ISO 8601 time: never ambiguous, so p
 # Training times in no one format (a bare date at midnight, seconds on some rows only): each
 # time is read in the format it looks like, with the day before the month or not, as found.
 MIXED, MIXED_DAY_FIRST = "mixed", "mixed, day first"
+_CLOCK_WORDS = ("now", "today")  # not times: pandas reads them as the clock's
 _FORMAT_SAMPLE = 10  # training times a format is guessed from
 # Kinds of values pandas.api.types.infer_dtype finds in a column
 _NO_NUMBERS = ("string", "datetime", "datetime64", "date", "empty")
-_MAYBE_NUMBERS = ("string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class SequenceSchema:
     # The training data's other columns (labels, ids...): not read, but passed through to the
     # output, where the MLflow signature would otherwise drop them.
     ignored: tuple[str, ...] = ()
+    # Each training series' typical step, by series id: series may be sampled at different
+    # rates. Empty without a series column, and in models saved before it was kept.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -96,21 +100,28 @@ class SequenceSchema:
             raise InputError("the data has no rows")
         if values is None:
             values = _value_columns(frame, {timestamp, series, *exclude})
-        if pd.api.types.is_numeric_dtype(frame[timestamp].dtype):
+        # Numbers, or numbers as a CSV file's text reads them ("1709251200"; a stray word is
+        # then refused, naming its row).
+        if pd.api.types.is_numeric_dtype(frame[timestamp].dtype) or mostly_numbers(
+            frame[timestamp]
+        ):
             kind, time_format = "number", None
         else:
             kind, time_format = "datetime", _time_format(frame[timestamp], timestamp)
         reads = {timestamp, series, *values}
         ignored = tuple(str(c) for c in frame.columns if c not in reads)
         schema = cls(timestamp, tuple(values), series, kind, 1.0, float(max_gap), time_format)
-        times = schema.seconds(frame[timestamp])
-        ids = schema._series_ids(frame)
-        steps = [np.diff(np.sort(times[ids == s])) for s in pd.unique(ids)]
-        steps = np.concatenate(steps) if steps else np.empty(0)
-        steps = steps[steps > 0]
-        step = float(np.median(steps)) if len(steps) else 1.0
+        step, steps = _typical_steps(schema.seconds(frame[timestamp]), schema._series_ids(frame))
         return cls(
-            timestamp, tuple(values), series, kind, step, float(max_gap), time_format, ignored
+            timestamp,
+            tuple(values),
+            series,
+            kind,
+            step,
+            float(max_gap),
+            time_format,
+            ignored,
+            steps if series is not None else {},
         )
 
     def prepare(self, frame: pd.DataFrame, *, window: int = 1, row_offset: int = 0) -> Segments:
@@ -178,7 +189,8 @@ class SequenceSchema:
         (``rows``: each row's number) and time; without ``rows`` it names no row, as when
         rows still to come may yet fill the segment (a stream out of time order)."""
         same = codes[1:] == codes[:-1]
-        breaks = ~same | self.gaps(times)
+        limits = self.max_gap * np.array([self.step_of(name) for name in names], dtype=float)
+        breaks = ~same | (np.diff(times) > limits[codes[1:]])
         n = len(times)
         starts = np.concatenate([[0], np.flatnonzero(breaks) + 1]) if n else np.empty(0, int)
         stops = np.concatenate([starts[1:], [n]]) if n else np.empty(0, int)
@@ -193,10 +205,15 @@ class SequenceSchema:
         finite = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX)
         return Segments(finite.astype(np.float32), order, bounds, series)
 
-    def gaps(self, times: np.ndarray) -> np.ndarray:
+    def step_of(self, series) -> float:
+        """The typical step of ``series`` (an id): its own, or over all series when it was not
+        seen at fit."""
+        return self.steps.get(str(series), self.step)
+
+    def gaps(self, times: np.ndarray, series="") -> np.ndarray:
         """Whether each step between consecutive ``times`` (of one series, in order) is a gap
-        that starts a new segment: longer than ``max_gap`` typical steps."""
-        return np.diff(times) > self.max_gap * self.step
+        that starts a new segment: longer than ``max_gap`` of the series' typical steps."""
+        return np.diff(times) > self.max_gap * self.step_of(series)
 
     def _unfilled(
         self, column: int, series, start: float, size: int, row: int | None
@@ -277,7 +294,9 @@ class SequenceSchema:
         else:
             shown = "ISO 8601" if self.time_format == ISO8601 else self.time_format
             problem = f"is not a timestamp in the format {shown}, that of the training times"
-        _refuse_first(parsed.isna().to_numpy(), column, self.timestamp, row_offset, problem)
+        # pandas reads these two words as the time of reading, in any format.
+        unread = parsed.isna().to_numpy() | column.isin(_CLOCK_WORDS).to_numpy()
+        _refuse_first(unread, column, self.timestamp, row_offset, problem)
         # In the parsed values' own unit: in nanoseconds, times past 2262 overflow.
         epoch = pd.Timestamp(0, tz="UTC").as_unit(parsed.dt.unit)
         seconds = (parsed - epoch) / pd.Timedelta(1, "s")
@@ -305,6 +324,7 @@ class SequenceSchema:
             "max_gap": self.max_gap,
             "time_format": self.time_format,
             "ignored": list(self.ignored),
+            "steps": self.steps,
         }
 
     @classmethod
@@ -312,6 +332,20 @@ class SequenceSchema:
         return cls(
             **{**data, "values": tuple(data["values"]), "ignored": tuple(data.get("ignored", ()))}
         )
+
+
+def _typical_steps(times: np.ndarray, ids: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The median step between consecutive times over all series (1 when there is none), and
+    each series' own median step (of those with two times or more)."""
+    codes, names = pd.factorize(ids, sort=False)
+    order = np.lexsort((times, codes))
+    t, c = times[order], codes[order]
+    steps, series = np.diff(t), c[1:]
+    kept = (series == c[:-1]) & (steps > 0)
+    steps, series = steps[kept], series[kept]
+    overall = float(np.median(steps)) if len(steps) else 1.0
+    medians = pd.Series(steps).groupby(series).median()
+    return overall, {str(names[k]): float(v) for k, v in medians.items()}
 
 
 @dataclass
@@ -384,7 +418,7 @@ def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
         column = frame[name]
         if pd.api.types.is_numeric_dtype(column.dtype):
             values.append(str(name))
-        elif _mostly_numbers(column):
+        elif mostly_numbers(column):
             _to_float(column, str(name), 0)  # refuses the first value that is not a number
             values.append(str(name))  # numbers written as text: read as the values are
         else:
@@ -399,14 +433,6 @@ def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
             "no numeric value columns found; name them (value_cols) or fix their types"
         )
     return values
-
-
-def _mostly_numbers(column: pd.Series) -> bool:
-    """Whether more than half of a text column's values are numbers."""
-    if pd.api.types.infer_dtype(column, skipna=True) not in _MAYBE_NUMBERS:
-        return False  # dates, true/false, ...: no column of numbers
-    present = column.dropna().astype(str)
-    return int(pd.to_numeric(present, errors="coerce").notna().sum()) * 2 > len(present)
 
 
 def _refuse_missing(missing: np.ndarray, name: str, row_offset: int, what: str) -> None:
@@ -461,9 +487,23 @@ def _time_format(column: pd.Series, name: str) -> str:
         return complete[0]
     # No one format reads them all: each time is read as it looks, the day first or not as
     # in the format that reads the most (ISO 8601 on a tie).
-    best = max(read, key=read.get)
-    day_first = best != ISO8601 and -1 < best.find("%d") < best.find("%m")
-    return MIXED_DAY_FIRST if day_first else MIXED
+    most = max(read.values())
+    best = [fmt for fmt, n in read.items() if n == most]
+    if len({_day_first(fmt) for fmt in best}) > 1:
+        log.warning(
+            "column %r: no one format reads all its times, and the most are read as well "
+            "in the formats %s; reading each time as it looks, %s (ISO 8601 times, "
+            "2024-01-31, are never ambiguous)",
+            name,
+            " and ".join(best),
+            "the day first" if _day_first(best[0]) else "the month first",
+        )
+    return MIXED_DAY_FIRST if _day_first(best[0]) else MIXED
+
+
+def _day_first(fmt: str) -> bool:
+    """Whether a strptime format puts the day before the month."""
+    return fmt != ISO8601 and -1 < fmt.find("%d") < fmt.find("%m")
 
 
 def _reads(text: pd.Series, fmt: str) -> int:

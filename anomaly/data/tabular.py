@@ -14,6 +14,7 @@ raw value becomes a number. It is plain data (``to_dict``/``from_dict``) so it l
 from __future__ import annotations
 
 import csv
+import datetime
 import functools
 import hashlib
 import io
@@ -194,6 +195,9 @@ class TabularSchema:
         for col in self.columns:
             series = frame[col.name]
             if col.kind == NUMERIC:
+                # true/false and dates read as numbers too (1, nanoseconds), and a CSV
+                # file's "true" is no number: refused alike.
+                _refuse_first(_not_numbers(series), series, col.name, row_offset, "is not a number")
                 out[col.name] = _to_float(series, col.name, row_offset)
             elif col.kind == BOOLEAN:
                 out[col.name] = _to_bool(series, col.name, row_offset)
@@ -303,20 +307,15 @@ def read_csv(
     # A stream is read once, into bytes that the header checks and the parser share.
     data = None if isinstance(source, str | Path) else source.read()
     source = Path(source) if data is None else io.BytesIO(data)
-    name = name or str(source)
+    name = name or (str(source) if data is None else "the CSV data")
     # Checked as written: pandas would rename a repeated name ("a.1") or an empty one
     # ("Unnamed: 2"), and a model trained on such names could not score the same file.
     leading = _leading_rows(source, 2, name)
     header = _checked_header(leading, name)
-    for position, column in enumerate(header):
-        if not column.strip():
-            raise InputError(f"{name}: column {position + 1} of the header has no name")
     # pandas would take a first field more than the header names as the rows' index, and
     # shift every value one column left.
     if len(leading) > 1 and len(leading[1]) > len(header):
-        raise InputError(
-            f"{name}: row 0 has {len(leading[1])} fields, the header {len(header)} names", row=0
-        )
+        raise _in_source(ragged_row_error(0, len(leading[1]), header), source, name)
     reads = TabularSchema(tuple(c for c in (schema.columns if schema else ()) if c.name in header))
     text = {*reads.names, *(c for c in as_text if c in header)}
     if not isinstance(source, Path):
@@ -332,9 +331,20 @@ def read_csv(
     except pd.errors.EmptyDataError:
         raise InputError(f"{name} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        ragged = (
+            first_ragged_row(source, len(header))
+            if isinstance(exc, pd.errors.ParserError)
+            else None
+        )
+        if ragged is not None:
+            raise _in_source(ragged_row_error(*ragged, header), source, name) from None
         raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
     if frame.shape[0] == 0:
         raise InputError(f"{name} has a header but no rows")
+    # pandas fills a row's missing last fields with NaN: such a row leaves the last column
+    # empty, and only then is the file read again to look for one.
+    if frame[header[-1]].isna().any() and (ragged := first_ragged_row(source, len(header))):
+        raise _in_source(ragged_row_error(*ragged, header), source, name)
     if reads.columns:
         table = pa.table(
             {c: pa.array(frame[c], pa.string(), from_pandas=True) for c in reads.names}
@@ -344,8 +354,7 @@ def read_csv(
         except InputError as exc:
             if exc.row is None:
                 raise
-            where = f" (line {line_of(source, exc.row)} of the file)" if data is None else ""
-            raise InputError(f"{name}: {exc}{where}", column=exc.column, row=exc.row) from None
+            raise _in_source(exc, source, name) from None
         for col in reads.columns:
             frame[col.name] = _frame_column(col, values[col.name], table.column(col.name))
     return frame
@@ -386,16 +395,52 @@ def line_of(path: Path, row: int) -> int:
     return row + 2  # not reached for a row that was read
 
 
-def first_ragged_row(path: Path, n_fields: int) -> tuple[int, int] | None:
-    """The first data row (from 0) of ``path`` that has not ``n_fields`` fields, and how many
-    it has; None if every row has them. Read with the csv module: for errors only."""
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as text:
-        rows = (fields for fields in csv.reader(text) if fields)  # Arrow skips blank lines
-        next(rows, None)  # the header
-        for row, fields in enumerate(rows):
-            if len(fields) != n_fields:
-                return row, len(fields)
+def in_file(exc: InputError, path: Path, rows: np.ndarray | None = None) -> InputError:
+    """``exc`` naming the file, and the line of its row: rows count from 0 after the header,
+    an editor's lines from 1 at the header. ``rows``: the file's row at each position
+    ``exc`` counts, when it was raised on some of the file's rows (those labelled normal)."""
+    if exc.row is None:
+        return exc
+    message, row = str(exc), exc.row
+    if rows is not None:
+        row = int(rows[exc.row])
+        message = message.replace(f"row {exc.row}", f"row {row}", 1)
+    line = line_of(path, row)
+    return InputError(f"{path}: {message} (line {line} of the file)", column=exc.column, row=row)
+
+
+def first_ragged_row(source: Path | BinaryIO, n_fields: int) -> tuple[int, int] | None:
+    """The first data row (from 0) of a CSV file or stream that has not ``n_fields`` fields,
+    and how many it has; None if every row has them. Read with the csv module: for errors
+    (a stream is read from its start, and left there)."""
+    if isinstance(source, Path):
+        with open(source, newline="", encoding="utf-8-sig", errors="replace") as text:
+            return _first_ragged(csv.reader(text), n_fields)
+    source.seek(0)
+    text = io.TextIOWrapper(source, encoding="utf-8-sig", errors="replace", newline="")
+    try:
+        return _first_ragged(csv.reader(text), n_fields)
+    finally:
+        text.detach()
+        source.seek(0)
+
+
+def _first_ragged(reader, n_fields: int) -> tuple[int, int] | None:
+    rows = (fields for fields in reader if fields)  # the readers skip blank lines
+    next(rows, None)  # the header
+    for row, fields in enumerate(rows):
+        if len(fields) != n_fields:
+            return row, len(fields)
     return None
+
+
+def ragged_row_error(row: int, fields: int, header: Sequence[str]) -> InputError:
+    """The error for a row with more or fewer fields than the header names."""
+    return InputError(
+        f"row {row} has {fields} fields, the header {len(header)} names; write each row's "
+        "fields in full, empty ones too",
+        row=row,
+    )
 
 
 def _plain_lines(path: Path, lines: int) -> bool:
@@ -466,7 +511,8 @@ def without_na_tokens(values: pa.Array) -> pa.Array:
 
 
 def csv_header(source: Path | BinaryIO, *, name: str | None = None) -> list[str]:
-    """The column names of a CSV file's header, as written; a repeated name is an error."""
+    """The column names of a CSV file's header, as written; a repeated or empty name is an
+    error."""
     name = name or str(source)
     return _checked_header(_leading_rows(source, 1, name), name)
 
@@ -475,11 +521,21 @@ def _checked_header(rows: list[list[str]], name: str) -> list[str]:
     if not rows or not rows[0]:
         raise InputError(f"{name} is empty")
     seen: set[str] = set()
-    for column in rows[0]:
+    for position, column in enumerate(rows[0]):
+        if not column.strip():  # pandas would call it "Unnamed: 6"; a trailing comma does this
+            raise InputError(f"{name}: column {position + 1} of the header has no name")
         if column in seen:
             raise InputError(f"{name}: column {column!r} appears twice", column=column)
         seen.add(column)
     return rows[0]
+
+
+def _in_source(exc: InputError, source: Path | BinaryIO, name: str) -> InputError:
+    """``exc`` naming what ``read_csv`` reads: a file and the line of the row, or a stream
+    (a request body, whose rows are named by number only)."""
+    if isinstance(source, Path):
+        return in_file(exc, source)
+    return InputError(f"{name}: {exc}", column=exc.column, row=exc.row)
 
 
 def _leading_rows(source: Path | BinaryIO, count: int, name: str) -> list[list[str]]:
@@ -503,6 +559,10 @@ def _leading_rows(source: Path | BinaryIO, count: int, name: str) -> list[list[s
         raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
 
 
+# Kinds of values pandas.api.types.infer_dtype finds in a column that may hold numbers
+_MAYBE_NUMBERS = ("string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating")
+
+
 def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -516,6 +576,17 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     text = series.dropna().astype(str).str.strip().str.lower()
     if len(text) and text.isin(TRUE_WORDS | FALSE_WORDS).all() and text.nunique() <= 2:
         return Column(name, BOOLEAN)
+    # A column of numbers with a stray word ("ERR") reads as text, and would be learned as
+    # levels: said, naming the word. (Codes such as "7", "12", "A" are levels: not refused.)
+    if not isinstance(dtype, pd.CategoricalDtype) and mostly_numbers(series):
+        try:
+            _to_float(series, name, 0)
+        except InputError as exc:
+            log.warning(
+                "%s, though most of the column's values are: it is read as categorical levels "
+                "(fix the value if it is a typo, or exclude the column)",
+                exc,
+            )
     counts = series.dropna().astype(str).value_counts(sort=False)
     # Most frequent first; ties broken by name so the order never depends on row order.
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -529,6 +600,14 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     if len(ranked) == len(series) and len(series) > max_categories:
         log.warning("column %r: every value is distinct; is it an identifier to exclude?", name)
     return Column(name, CATEGORICAL, tuple(k for k, _ in ranked[:max_categories]))
+
+
+def mostly_numbers(column: pd.Series) -> bool:
+    """Whether more than half of a text column's values are numbers."""
+    if pd.api.types.infer_dtype(column, skipna=True) not in _MAYBE_NUMBERS:
+        return False  # dates, true/false, ...: no column of numbers
+    present = column.dropna().astype(str)
+    return int(pd.to_numeric(present, errors="coerce").notna().sum()) * 2 > len(present)
 
 
 _NONE = type(None)
@@ -594,6 +673,25 @@ def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
             row=row_offset + i,
         )
     return values
+
+
+_NOT_NUMBERS = (bool, np.bool_, datetime.date, datetime.timedelta, np.datetime64, np.timedelta64)
+
+
+def _not_numbers(series: pd.Series) -> np.ndarray:
+    """Which values of a column are true/false, dates or durations: numbers to numpy, not to
+    a model's numeric column."""
+    dtype = series.dtype
+    if (
+        pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+        or isinstance(dtype, pd.PeriodDtype)
+    ):
+        return series.notna().to_numpy()
+    if not pd.api.types.is_object_dtype(dtype):
+        return np.zeros(len(series), dtype=bool)
+    return series.map(lambda v: isinstance(v, _NOT_NUMBERS)).to_numpy(dtype=bool)
 
 
 def _past_float_as_inf(value: object) -> object:

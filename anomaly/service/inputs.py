@@ -22,6 +22,8 @@ from anomaly.errors import InputError
 
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# 20 digits or more: maybe an integer past 64 bits, which orjson reads as a float
+_LONG_DIGITS = re.compile(rb"\d{20}")
 
 
 class RecordError(InputError):
@@ -142,6 +144,9 @@ def parse_invocations(
         raise InputError(f"{key} holds no rows")
     if any(not isinstance(c, str) for c in frame.columns):
         raise InputError(f"{key}: column names must be strings")
+    repeated = frame.columns[frame.columns.duplicated()]
+    if len(repeated):
+        raise InputError(f"{key}: column {repeated[0]!r} appears twice", column=repeated[0])
     # A table model's other columns pass through as sent: typed by pandas, an id next to a
     # null would come back a float, and past 2**53 a wrong one.
     passed = [] if schema is None else [c for c in frame.columns if c not in schema.names]
@@ -180,11 +185,14 @@ def parse_line(line: bytes, number: int) -> dict[str, Any]:
 
 
 def _loads(data: bytes, name: str = "the body", row: int | None = None) -> Any:
+    if not _LONG_DIGITS.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    # Python clients write NaN and Infinity, which strict JSON (and orjson) refuse; json keeps
+    # an id past 64 bits whole.
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # Python clients write NaN and Infinity, which strict JSON (and orjson) refuse
         value = json.loads(data)
         # json also takes an unpaired surrogate escape ("\ud800"), which no UTF-8 text can hold
         # and pandas fails on; only an escape makes one, so most bodies skip the check.

@@ -184,9 +184,24 @@ async def invocations(request: Request, served: Model) -> Response:
     predictions = out.astype(object).where(out.notna(), None).to_dict(orient="records")
     try:
         body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
-    except TypeError:  # an int past 64 bits in a column passed through; json writes any int
-        body = json.dumps({"predictions": predictions}, default=np.generic.item).encode()
+    except TypeError:  # an int past 64 bits, or deep nesting, in a column passed through
+        try:
+            safe = _nulls_for_nan(predictions)
+        except RecursionError:
+            raise InputError("a value passed through is nested too deeply to answer") from None
+        body = json.dumps({"predictions": safe}, default=np.generic.item, allow_nan=False).encode()
     return Response(body, media_type="application/json")
+
+
+def _nulls_for_nan(value: Any) -> Any:
+    """``value`` with every NaN or infinity, however deep, made null (as orjson writes them)."""
+    if isinstance(value, float | np.floating):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _nulls_for_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulls_for_nan(item) for item in value]
+    return value
 
 
 @scoring.post(
@@ -217,17 +232,22 @@ async def _stream_results(
 
 
 async def _stream_parts(request: Request, batch_lines: int, max_line: int) -> AsyncIterator[bytes]:
-    pending, number = b"", 0
+    pending, number, skipping = b"", 0, False
     async for chunk in request.stream():
+        if skipping:  # the rest of a line already answered as too long
+            end = chunk.find(b"\n")
+            if end < 0:
+                continue
+            chunk, skipping, number = chunk[end + 1 :], False, number + 1
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for start in range(0, len(lines), batch_lines):
             group = lines[start : start + batch_lines]
             yield await _score_lines(request, group, number, max_line)
             number += len(group)
-        if len(pending) > max_line:  # an unfinished line past the limit: stop buffering it
+        if len(pending) > max_line:  # an unfinished line past the limit: not buffered further
             yield _line(_too_long(number, max_line))
-            return
+            pending, skipping = b"", True
     if pending.strip():
         yield await _score_lines(request, [pending], number, max_line)
 
@@ -262,7 +282,7 @@ async def _score_lines(request: Request, lines: list[bytes], first: int, max_lin
 
 
 @scoring.post(
-    "/v1/streams/{stream_id}/points",
+    "/v1/streams/{stream_id:path}/points",
     response_model=PointsResponse,
     responses=_ERRORS,
     summary="Score a time series point by point",
