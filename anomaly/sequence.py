@@ -210,7 +210,8 @@ class SequenceDetector(AutoencoderDetector):
             warm_start_from._check_fitted()
             schema = warm_start_from.schema_
         segments = schema.prepare(frame, window=self.window)
-        _warn_unwindowed(segments, self.window)
+        if schema.series is not None:
+            _warn_unwindowed(segments, self.window)
         train_part, val_part, cal_part = _split_in_time(
             segments, self.validation_fraction, self.calibration_fraction
         )

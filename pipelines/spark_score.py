@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anomaly import AnomalyError, registry
-from anomaly.data.tabular import first_ragged_row, line_of
+from anomaly.data.tabular import first_ragged_row, line_of, ragged_row_error
 from anomaly.detector import RESULT_COLUMNS
 from anomaly.errors import InputError
 from anomaly.persistence import hidden_sibling, replace_dir
@@ -103,11 +103,9 @@ def _input_error_in(text: str, input_path: str, header: list[str], local: bool) 
         ragged = first_ragged_row(Path(input_path), len(header)) if one_file else None
         if ragged is None:
             return "a row's fields do not match the header"
-        row, fields = ragged
-        return (
-            f"row {row} (line {line_of(Path(input_path), row)}) has {fields} fields, the header "
-            f"{len(header)} names; write each row's fields in full, empty ones too"
-        )
+        # as `anomaly score` words it (the path is added where the reason is raised)
+        line = line_of(Path(input_path), ragged[0])
+        return f"{ragged_row_error(*ragged, header)} (line {line} of the file)"
     return None
 
 

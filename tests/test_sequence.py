@@ -324,6 +324,9 @@ def test_times_written_as_numbers_are_numbers_and_clock_words_no_times():
     assert schema.timestamp_kind == "number" and schema.step == 3600.0
     with pytest.raises(InputError, match="column 't', row 2: 'x' is not a number"):
         SequenceSchema.infer(text.assign(t=["1", "2", "x"]), timestamp="t")
+    # digits that a date format reads whole are dates: 31 January is a day before 1 February
+    compact = SequenceSchema.infer(_days("2024-01-25", 20, "%Y%m%d"), timestamp="t")
+    assert compact.timestamp_kind == "datetime" and compact.step == 86400.0
     iso = SequenceSchema.infer(_days("2024-01-05", 5, "%Y-%m-%d"), timestamp="t")
     dmy = SequenceSchema.infer(_days("2024-01-13", 5, "%d/%m/%Y"), timestamp="t")
     for schema, first in [(iso, "2024-01-01"), (dmy, "13/01/2024")]:
@@ -363,6 +366,14 @@ def test_each_series_keeps_its_own_typical_step(caplog, tmp_path):
     assert schema.step == 60.0 and schema.steps == {"fast": 60.0, "slow": 600.0}
     assert SequenceSchema.from_dict(schema.to_dict()) == schema
     assert schema.step_of("slow") == 600.0 and schema.step_of("new") == 60.0
+    # a series seen too briefly to tell its step has the median over all
+    brief = frame.head(4).assign(
+        host="brief", timestamp=pd.date_range("2024-01-01", periods=4, freq="s")
+    )
+    brief = SequenceSchema.infer(pd.concat([frame, brief]), timestamp="timestamp", series="host")
+    assert brief.step_of("brief") == 60.0 and "brief" not in brief.steps
+    # a model of one series saves no steps (older versions read it as before)
+    assert "steps" not in SequenceSchema.infer(frame.head(50), timestamp="timestamp").to_dict()
     with caplog.at_level(logging.WARNING):
         det = SequenceDetector(series_col="host", window=16, epochs=2).fit(frame)
     assert "not trained on" not in caplog.text

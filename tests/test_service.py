@@ -283,6 +283,10 @@ def test_malformed_bodies_and_non_finite_values(client, rows):
     strict = json.loads(answer.text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert strict["predictions"][0]["host_id"] == 12345678901234567890123456789
     assert strict["predictions"][0]["tags"] == [None]
+    # (only integers that long leave orjson for json: a float's many decimals do not)
+    from anomaly.service.inputs import _LONG_INTEGER
+
+    assert not _LONG_INTEGER.search(b'{"cpu": 0.00014168904951117334, "memory": 1.5e-7}')
     # A column named twice would come back once, its first values lost.
     twice = {"columns": ["host_id", *record], "data": [[1, *record.values()]]}
     answer = client.post("/invocations", json={"dataframe_split": twice})

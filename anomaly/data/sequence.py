@@ -44,6 +44,7 @@ ISO8601 = "ISO8601"  # pandas' name for any ISO 8601 time: never ambiguous, so p
 MIXED, MIXED_DAY_FIRST = "mixed", "mixed, day first"
 _CLOCK_WORDS = ("now", "today")  # not times: pandas reads them as the clock's
 _FORMAT_SAMPLE = 10  # training times a format is guessed from
+_OWN_STEP_FROM = 10  # steps a series needs at fit to keep its own typical step
 # Kinds of values pandas.api.types.infer_dtype finds in a column
 _NO_NUMBERS = ("string", "datetime", "datetime64", "date", "empty")
 
@@ -100,11 +101,7 @@ class SequenceSchema:
             raise InputError("the data has no rows")
         if values is None:
             values = _value_columns(frame, {timestamp, series, *exclude})
-        # Numbers, or numbers as a CSV file's text reads them ("1709251200"; a stray word is
-        # then refused, naming its row).
-        if pd.api.types.is_numeric_dtype(frame[timestamp].dtype) or mostly_numbers(
-            frame[timestamp]
-        ):
+        if _numbers_as_times(frame[timestamp]):
             kind, time_format = "number", None
         else:
             kind, time_format = "datetime", _time_format(frame[timestamp], timestamp)
@@ -324,7 +321,8 @@ class SequenceSchema:
             "max_gap": self.max_gap,
             "time_format": self.time_format,
             "ignored": list(self.ignored),
-            "steps": self.steps,
+            # Left out when empty: models with one series stay readable by older versions.
+            **({"steps": self.steps} if self.steps else {}),
         }
 
     @classmethod
@@ -336,7 +334,7 @@ class SequenceSchema:
 
 def _typical_steps(times: np.ndarray, ids: np.ndarray) -> tuple[float, dict[str, float]]:
     """The median step between consecutive times over all series (1 when there is none), and
-    each series' own median step (of those with two times or more)."""
+    each series' own median step (of those with enough steps to tell it)."""
     codes, names = pd.factorize(ids, sort=False)
     order = np.lexsort((times, codes))
     t, c = times[order], codes[order]
@@ -344,7 +342,8 @@ def _typical_steps(times: np.ndarray, ids: np.ndarray) -> tuple[float, dict[str,
     kept = (series == c[:-1]) & (steps > 0)
     steps, series = steps[kept], series[kept]
     overall = float(np.median(steps)) if len(steps) else 1.0
-    medians = pd.Series(steps).groupby(series).median()
+    steps = pd.Series(steps).groupby(series)
+    medians = steps.median()[steps.size() >= _OWN_STEP_FROM]
     return overall, {str(names[k]): float(v) for k, v in medians.items()}
 
 
@@ -440,6 +439,21 @@ def _refuse_missing(missing: np.ndarray, name: str, row_offset: int, what: str) 
     if missing.any():
         row = row_offset + int(np.flatnonzero(missing)[0])
         raise InputError(f"column {name!r}, row {row}: the {what} is missing", column=name, row=row)
+
+
+def _numbers_as_times(column: pd.Series) -> bool:
+    """Whether a time column holds numbers: of a numeric dtype, or text that is mostly
+    numbers (a CSV file's "1709251200", as written; a stray word is then refused, naming its
+    row) but for digits that a date format reads whole ("20240131")."""
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return True
+    if not mostly_numbers(column):
+        return False
+    text = column.dropna()
+    text = text[text != ""].astype(str)
+    sample = text.iloc[np.linspace(0, len(text) - 1, min(len(text), _FORMAT_SAMPLE)).astype(int)]
+    formats = {guess_datetime_format(v) for v in sample} - {None}
+    return not any(_reads(text, fmt) == len(text) for fmt in formats)
 
 
 def _numbers(column: pd.Series) -> np.ndarray:

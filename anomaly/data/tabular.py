@@ -37,6 +37,10 @@ import pyarrow.csv as pacsv
 
 from anomaly.errors import InputError
 
+# The csv module (headers, and naming a bad row) reads fields as long as pandas and Arrow do,
+# not only up to its default 128 KiB: a limit raised for the process, never lowered.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
 log = logging.getLogger(__name__)
 
 NUMERIC, BOOLEAN, CATEGORICAL = "numeric", "boolean", "categorical"
@@ -296,7 +300,8 @@ def read_csv(
 
     Every other column (and every column without a schema, as at training, where kinds are
     inferred from the data) is read by pandas, which infers its type; the missing-value
-    tokens (:data:`NA_VALUES`) are missing. The file is parsed once.
+    tokens (:data:`NA_VALUES`) are missing. The file is parsed by pandas, then by Arrow (one
+    column converted), which refuses a row with fields left off as the batch scorer does.
 
     Raises
     ------
@@ -341,10 +346,9 @@ def read_csv(
         raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
     if frame.shape[0] == 0:
         raise InputError(f"{name} has a header but no rows")
-    # pandas fills a row's missing last fields with NaN: such a row leaves the last column
-    # empty, and only then is the file read again to look for one.
-    if frame[header[-1]].isna().any() and (ragged := first_ragged_row(source, len(header))):
-        raise _in_source(ragged_row_error(*ragged, header), source, name)
+    # pandas fills a row's missing last fields with NaN, and skips a line of spaces: Arrow
+    # reads the file again (a third of pandas' time) to refuse both, as the batch scorer does.
+    _refuse_short_rows(source, header, name)
     if reads.columns:
         table = pa.table(
             {c: pa.array(frame[c], pa.string(), from_pandas=True) for c in reads.names}
@@ -411,18 +415,22 @@ def in_file(exc: InputError, path: Path, rows: np.ndarray | None = None) -> Inpu
 
 def first_ragged_row(source: Path | BinaryIO, n_fields: int) -> tuple[int, int] | None:
     """The first data row (from 0) of a CSV file or stream that has not ``n_fields`` fields,
-    and how many it has; None if every row has them. Read with the csv module: for errors
-    (a stream is read from its start, and left there)."""
-    if isinstance(source, Path):
-        with open(source, newline="", encoding="utf-8-sig", errors="replace") as text:
-            return _first_ragged(csv.reader(text), n_fields)
-    source.seek(0)
-    text = io.TextIOWrapper(source, encoding="utf-8-sig", errors="replace", newline="")
+    and how many it has; None if every row has them, or if the csv module cannot read the
+    file (a field past its size limit). Read with the csv module: for errors (a stream is read
+    from its start, and left there)."""
     try:
-        return _first_ragged(csv.reader(text), n_fields)
-    finally:
-        text.detach()
+        if isinstance(source, Path):
+            with open(source, newline="", encoding="utf-8-sig", errors="replace") as text:
+                return _first_ragged(csv.reader(text), n_fields)
         source.seek(0)
+        text = io.TextIOWrapper(source, encoding="utf-8-sig", errors="replace", newline="")
+        try:
+            return _first_ragged(csv.reader(text), n_fields)
+        finally:
+            text.detach()
+            source.seek(0)
+    except csv.Error:
+        return None
 
 
 def _first_ragged(reader, n_fields: int) -> tuple[int, int] | None:
@@ -530,6 +538,24 @@ def _checked_header(rows: list[list[str]], name: str) -> list[str]:
     return rows[0]
 
 
+def _refuse_short_rows(source: Path | BinaryIO, header: list[str], name: str) -> None:
+    """Refuse a row with fields left off (or a line of spaces) as the batch scorer does:
+    Arrow parses the file (converting one column); the csv module then names the row."""
+    stream = (
+        pa.OSFile(str(source)) if isinstance(source, Path) else pa.BufferReader(source.getvalue())
+    )
+    first = pacsv.ConvertOptions(include_columns=header[:1], column_types={header[0]: pa.string()})
+    try:
+        with stream:
+            for _ in pacsv.open_csv(stream, parse_options=CSV_PARSE_OPTIONS, convert_options=first):
+                pass
+    except pa.ArrowInvalid as exc:
+        ragged = first_ragged_row(source, len(header))
+        if ragged is None:
+            raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
+        raise _in_source(ragged_row_error(*ragged, header), source, name) from None
+
+
 def _in_source(exc: InputError, source: Path | BinaryIO, name: str) -> InputError:
     """``exc`` naming what ``read_csv`` reads: a file and the line of the row, or a stream
     (a request body, whose rows are named by number only)."""
@@ -576,18 +602,19 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     text = series.dropna().astype(str).str.strip().str.lower()
     if len(text) and text.isin(TRUE_WORDS | FALSE_WORDS).all() and text.nunique() <= 2:
         return Column(name, BOOLEAN)
-    # A column of numbers with a stray word ("ERR") reads as text, and would be learned as
-    # levels: said, naming the word. (Codes such as "7", "12", "A" are levels: not refused.)
-    if not isinstance(dtype, pd.CategoricalDtype) and mostly_numbers(series):
-        try:
-            _to_float(series, name, 0)
-        except InputError as exc:
-            log.warning(
-                "%s, though most of the column's values are: it is read as categorical levels "
-                "(fix the value if it is a typo, or exclude the column)",
-                exc,
-            )
     counts = series.dropna().astype(str).value_counts(sort=False)
+    # A column of numbers with a stray word ("ERR") reads as text, and is learned as levels:
+    # said, naming the words. (Codes such as "7", "12", "A" are levels: not refused.)
+    if not isinstance(dtype, pd.CategoricalDtype) and (
+        words := _words_among_numbers(series, counts)
+    ):
+        log.warning(
+            "column %r: most of its values are numbers, but not %s: it is read as categorical "
+            "levels (fix them if they are typos, or exclude the column)",
+            name,
+            ", ".join(map(repr, words[:3]))
+            + (f" and {len(words) - 3} more" if len(words) > 3 else ""),
+        )
     # Most frequent first; ties broken by name so the order never depends on row order.
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     if len(ranked) > max_categories:
@@ -604,10 +631,23 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
 
 def mostly_numbers(column: pd.Series) -> bool:
     """Whether more than half of a text column's values are numbers."""
+    return _words_among_numbers(column) is not None
+
+
+def _words_among_numbers(column: pd.Series, counts: pd.Series | None = None) -> list[str] | None:
+    """The distinct values of a text column that are not numbers (missing-value tokens
+    aside), when more than half of its values are numbers; None when they are not.
+    ``counts``: the column's values as text, counted, if already at hand."""
     if pd.api.types.infer_dtype(column, skipna=True) not in _MAYBE_NUMBERS:
-        return False  # dates, true/false, ...: no column of numbers
-    present = column.dropna().astype(str)
-    return int(pd.to_numeric(present, errors="coerce").notna().sum()) * 2 > len(present)
+        return None  # dates, true/false, ...: no column of numbers
+    if counts is None:
+        counts = column.dropna().astype(str).value_counts(sort=False)
+    # Each distinct value read once: a million rows hold a few thousand of them.
+    values = counts.index.to_series()
+    numeric = pd.to_numeric(values, errors="coerce").notna().to_numpy()
+    if counts.to_numpy()[numeric].sum() * 2 <= counts.sum():
+        return None
+    return sorted(values[~numeric & ~values.isin(NA_VALUES).to_numpy()])
 
 
 _NONE = type(None)
@@ -689,8 +729,15 @@ def _not_numbers(series: pd.Series) -> np.ndarray:
         or isinstance(dtype, pd.PeriodDtype)
     ):
         return series.notna().to_numpy()
-    if not pd.api.types.is_object_dtype(dtype):
-        return np.zeros(len(series), dtype=bool)
+    if not pd.api.types.is_object_dtype(dtype) or pd.api.types.infer_dtype(series, skipna=True) in (
+        "string",
+        "floating",
+        "integer",
+        "mixed-integer-float",
+        "decimal",
+        "empty",
+    ):
+        return np.zeros(len(series), dtype=bool)  # the usual cases, without a look at each
     return series.map(lambda v: isinstance(v, _NOT_NUMBERS)).to_numpy(dtype=bool)
 
 

@@ -217,7 +217,8 @@ class RequestMetrics:
             status = status or CLIENT_CLOSED
         finally:
             route = scope.get("route") or _route_of(scope, self.routes)
-            endpoint = route.path if route is not None else "unmatched"
+            # the template as written in the docs ({stream_id}, not {stream_id:path})
+            endpoint = route.path_format if route is not None else "unmatched"
             # No answer started and no disconnect: the app failed (ServerErrorMiddleware 500s)
             metrics.REQUESTS.labels(endpoint=endpoint, status=str(status or 500)).inc()
             metrics.REQUEST_DURATION.labels(endpoint=endpoint).observe(

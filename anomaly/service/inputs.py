@@ -22,8 +22,9 @@ from anomaly.errors import InputError
 
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# 20 digits or more: maybe an integer past 64 bits, which orjson reads as a float
-_LONG_DIGITS = re.compile(rb"\d{20}")
+# An integer of 20 digits or more: maybe past 64 bits, which orjson reads as a float. (Not
+# the digits after a decimal point, which most bodies of floats hold somewhere.)
+_LONG_INTEGER = re.compile(rb"(?<![\d.])\d{20}")
 
 
 class RecordError(InputError):
@@ -185,7 +186,7 @@ def parse_line(line: bytes, number: int) -> dict[str, Any]:
 
 
 def _loads(data: bytes, name: str = "the body", row: int | None = None) -> Any:
-    if not _LONG_DIGITS.search(data):
+    if not _LONG_INTEGER.search(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -423,7 +423,8 @@ async def model_info(served: Model) -> dict:
         "trained_at": detector.training_summary_["trained_at"],
         "loaded_at": served.loaded_at,
         "schema": (
-            detector.schema_.to_dict()
+            # not each series' step: one entry per series, thousands of them
+            {k: v for k, v in detector.schema_.to_dict().items() if k != "steps"}
             if hasattr(detector, "schema_")
             else {"size": list(detector.image_size_), "channels": detector.channels}
         ),
