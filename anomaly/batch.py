@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import logging
 import os
@@ -92,7 +93,10 @@ def score_csv(
     """
     input_path, output_path = Path(input_path), Path(output_path)
     if detector.kind == "image":
-        raise InputError("an image model scores images, not a CSV file: see score_images")
+        raise InputError(
+            "an image model scores images, not a CSV file: give `anomaly score` a folder of "
+            "images (from Python, score_images)"
+        )
     header = csv_header(input_path)
     if detector.kind == "sequence":
         return _score_series_csv(detector, input_path, output_path, header, block_size, progress)
@@ -330,6 +334,8 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
+    if not folder.is_dir():  # named as given, not by the temporary file it would refuse
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
     made: list[Path] = []  # by this call, outermost first
     tmp_name = None
     try:

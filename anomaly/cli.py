@@ -15,7 +15,13 @@ from typing import Annotated
 
 import typer
 
-from anomaly.errors import AnomalyError, InputError, PromotionLocked, RegistryUnavailable
+from anomaly.errors import (
+    AnomalyError,
+    InputError,
+    PromotionLocked,
+    RegistryUnavailable,
+    os_error_message,
+)
 
 app = typer.Typer(
     help="Autoencoder anomaly detection: train on normal rows, score new ones.",
@@ -89,20 +95,11 @@ def _friendly_errors(command):
         except (AnomalyError, FloatingPointError) as exc:
             _fail(str(exc))
         except OSError as exc:  # a missing file, a read-only folder, a full disk...
-            _fail(_os_message(exc))
+            _fail(os_error_message(exc))
         except ValueError as exc:  # invalid settings that torch or numpy refuse
             _fail(str(exc))
 
     return wrapper
-
-
-def _os_message(exc: OSError) -> str:
-    """The path and the system's reason (``out/m: Permission denied``), or the message an
-    OSError was raised with."""
-    if exc.strerror and exc.filename is not None:
-        paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
-        return f"{paths}: {exc.strerror}"
-    return str(exc) or exc.strerror or type(exc).__name__
 
 
 def _below_one(value: float) -> float:
@@ -226,7 +223,7 @@ def train(
     if register is not None and main:
         from anomaly import registry
 
-        registry._client()
+        registry.check_store()
     common = dict(
         model=model.value,
         target_fpr=target_fpr,
@@ -269,7 +266,10 @@ def train(
 
         if label_col not in frame.columns:
             raise AnomalyError(f"{data}: no label column {label_col!r}")
-        is_anomaly = parse_labels(frame[label_col], label_col)
+        try:
+            is_anomaly = parse_labels(frame[label_col], label_col)
+        except InputError as exc:
+            raise in_file(exc, data) from None
         exclude.append(label_col)
     normal = frame if is_anomaly is None else frame[~is_anomaly]
     if modality is Modality.sequence:
@@ -401,6 +401,7 @@ def evaluate(
     """Measure a model on labelled rows: AUROC, AUPRC, rates at its threshold and others."""
     from anomaly import load, registry
     from anomaly.data import read_csv
+    from anomaly.data.tabular import in_file
     from anomaly.evaluation import evaluate as run_evaluation
 
     ref = registry.resolve(model)
@@ -408,9 +409,12 @@ def evaluate(
     if detector.kind != "tabular":
         raise InputError(f"evaluate measures table models; {model} holds a {detector.kind} one")
     frame = read_csv(data, schema=detector.schema_)  # the model's columns as `score` reads them
-    result = run_evaluation(
-        detector, frame, label_col, target_fpr=target_fpr, target_recall=target_recall
-    )
+    try:
+        result = run_evaluation(
+            detector, frame, label_col, target_fpr=target_fpr, target_recall=target_recall
+        )
+    except InputError as exc:  # a bad label, named by its line too
+        raise in_file(exc, data) from None
     width = max(map(len, result.metrics))
     for name, value in result.metrics.items():
         shown = f"{int(value)}" if name in ("rows", "anomalies") else f"{value:.6g}"

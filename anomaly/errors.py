@@ -7,6 +7,15 @@ else escaping the library is a bug.
 from __future__ import annotations
 
 
+def os_error_message(exc: OSError) -> str:
+    """The path and the system's reason (``out/m: Permission denied``), or the message an
+    OSError was raised with: one line for a user."""
+    if exc.strerror and exc.filename is not None:
+        paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
+        return f"{paths}: {exc.strerror}"
+    return str(exc) or exc.strerror or type(exc).__name__
+
+
 class AnomalyError(Exception):
     """Base class of the library's own errors."""
 

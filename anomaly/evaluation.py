@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from anomaly.data.tabular import FALSE_WORDS, TRUE_WORDS
+from anomaly.data.tabular import FALSE_WORDS, TRUE_WORDS, _show
 from anomaly.detector import Detector
 from anomaly.errors import InputError
 
@@ -47,8 +47,10 @@ def parse_labels(series: pd.Series, column: str) -> np.ndarray:
     bad = ~(is_true | is_false)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        value = series.iloc[row]
+        problem = "the label is missing" if pd.isna(value) else f"{_show(value)} is not a label"
         raise InputError(
-            f"label column {column!r}, row {row}: {series.iloc[row]!r} is not a label "
+            f"label column {column!r}, row {row}: {problem} "
             "(use 1/0, true/false, yes/no or anomaly/normal)",
             column=column,
             row=row,

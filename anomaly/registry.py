@@ -653,6 +653,12 @@ def _roll_back(client, name: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------------- MLflow plumbing
+def check_store() -> None:
+    """Fail now (:class:`~anomaly.errors.RegistryUnavailable`) when the tracking server does
+    not answer: before a long training run, not after it."""
+    _client()
+
+
 def _client():
     """An MlflowClient, after checking that a tracking server (if that is the store) answers."""
     import mlflow

@@ -28,7 +28,7 @@ import pandas as pd
 
 from anomaly import registry
 from anomaly.data.images import ImageSource, load_images
-from anomaly.data.tabular import TabularSchema, read_csv
+from anomaly.data.tabular import TabularSchema, in_file, read_csv
 from anomaly.detector import Detector
 from anomaly.errors import AnomalyError, InputError, PromotionLocked, RegistryError
 from anomaly.image import ImageDetector
@@ -195,8 +195,9 @@ def retrain(
     rules = rules or GateRules()
     champion_ref = registry.resolve(f"models:/{name}@{registry.CHAMPION}")
     champion = load_detector_dir(champion_ref.path)
-    if isinstance(new_data, str | Path) and data_source is None:
-        data_source = str(Path(new_data).resolve())
+    path = Path(new_data) if isinstance(new_data, str | Path) else None
+    if path is not None and data_source is None:
+        data_source = str(path.resolve())
     new_data = _read(champion, new_data)
     anomalies = None if anomalies is None else _read(champion, anomalies)
     report = SchemaReport()  # images are resized to the model's size: nothing to compare
@@ -211,6 +212,11 @@ def retrain(
             missing = [c for c in champion.schema_.names if c not in anomalies.columns]
             if missing:
                 raise InputError(f"anomalies: missing column {missing[0]!r}", column=missing[0])
+    if champion.kind == "sequence":  # a bad value named by its row in the data, not the part
+        try:
+            champion.schema_.parse(new_data)
+        except InputError as exc:
+            raise (exc if path is None else in_file(exc, path)) from None
 
     train_rows, held_out = _split_holdout(champion, new_data, holdout, seed)
     # Scored first: data the gate cannot score stops the retrain before anything is trained.

@@ -1,9 +1,10 @@
 """Entry points for schedulers (cron, Airflow, Kubernetes Jobs): each exits 0 on success,
 :data:`BAD_INPUT` when retrying cannot help, :data:`UNAVAILABLE` when it may."""
 
+import logging
 import os
 
-from anomaly.errors import AnomalyError, PromotionLocked, RegistryUnavailable
+from anomaly.errors import AnomalyError, PromotionLocked, RegistryUnavailable, os_error_message
 
 # A scheduler's log is no terminal: MLflow's per-file download bars would fill it.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -13,6 +14,8 @@ UNAVAILABLE = 75  # EX_TEMPFAIL: the MLflow server was unreachable or failing, o
 # held its lock; retry later
 
 
-def exit_code(exc: AnomalyError) -> int:
-    """The exit code for a job stopped by ``exc``."""
+def stopped(exc: AnomalyError | OSError) -> int:
+    """Log why a job stopped, in one line, and return its exit code: an OSError (a missing
+    folder, a read-only disk) is bad input, as the CLI has it."""
+    logging.error("%s", os_error_message(exc) if isinstance(exc, OSError) else exc)
     return UNAVAILABLE if isinstance(exc, RegistryUnavailable | PromotionLocked) else BAD_INPUT

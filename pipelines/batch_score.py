@@ -18,7 +18,7 @@ import sys
 from anomaly import AnomalyError
 from anomaly.batch import score_csv
 from anomaly.registry import load_detector
-from pipelines import exit_code
+from pipelines import stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = load_detector(args.model, device=args.device)
         summary = score_csv(detector, args.input, args.output, progress=False)
-    except AnomalyError as exc:
-        logging.error("%s", exc)
-        return exit_code(exc)
+    except (AnomalyError, OSError) as exc:
+        return stopped(exc)
     logging.info(
         "scored %d rows, flagged %d, in %.1f s -> %s",
         summary.rows, summary.flagged, summary.seconds, summary.output,

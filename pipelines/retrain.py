@@ -22,7 +22,7 @@ from pathlib import Path
 
 from anomaly import AnomalyError
 from anomaly.retraining import MODES, retrain
-from pipelines import exit_code
+from pipelines import stopped
 
 PROMOTED, KEPT = 0, 3
 
@@ -46,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             anomalies=Path(args.anomalies) if args.anomalies else None,
             epochs=args.epochs,
         )
-    except AnomalyError as exc:
-        logging.error("%s", exc)
-        return exit_code(exc)
+    except (AnomalyError, OSError) as exc:
+        return stopped(exc)
     for line in [*result.schema.lines(), *result.reasons]:
         logging.info("%s", line)
     decision = "promoted" if result.promoted else "kept the champion"

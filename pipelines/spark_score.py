@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import logging
 import os
 import shutil
@@ -31,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anomaly import AnomalyError, registry
-from anomaly.data.tabular import first_ragged_row, line_of, ragged_row_error
+from anomaly.data.tabular import csv_header, first_ragged_row, line_of, ragged_row_error
 from anomaly.detector import RESULT_COLUMNS
 from anomaly.errors import InputError
 from anomaly.persistence import hidden_sibling, replace_dir
-from pipelines import exit_code
+from pipelines import stopped
 
 RESULT_TYPE = "anomaly_score float, is_anomaly boolean, p_value double, top_features string"
 
@@ -44,8 +45,18 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
     """Score ``input_path`` (CSV or Parquet) into ``output_path`` (a directory of parts).
 
     A bad value fails the Spark job; the detector's message (column, and the row counted within
-    the failing Arrow batch) is raised as an :class:`InputError`.
+    the failing Arrow batch) is raised as an :class:`InputError`. Column names are matched
+    with their case, as the detector matches them (Spark's setting is restored after).
     """
+    case_sensitive = spark.conf.get("spark.sql.caseSensitive")
+    spark.conf.set("spark.sql.caseSensitive", "true")  # "cpu" and "CPU": two columns
+    try:
+        _score(spark, model_uri, input_path, output_path, fmt)
+    finally:
+        spark.conf.set("spark.sql.caseSensitive", case_sensitive)
+
+
+def _score(spark, model_uri: str, input_path: str, output_path: str, fmt: str) -> None:
     import mlflow
     from pyspark.sql import functions as F
 
@@ -70,7 +81,8 @@ def score(spark, model_uri: str, input_path: str, output_path: str, fmt: str = "
         udf = mlflow.pyfunc.spark_udf(
             spark, _mlflow_model(ref, Path(tmp)), result_type=RESULT_TYPE, env_manager="local"
         )
-        kept = [c for c in frame.columns if c not in RESULT_COLUMNS]
+        # Quoted: a name may hold a dot ("cpu.pct"), which Spark reads as a field of a struct.
+        kept = [_quoted(c) for c in frame.columns if c not in RESULT_COLUMNS]
         # A struct keeps the column names: the model sees the rows as a user's DataFrame.
         scored = frame.select(*kept, udf(F.struct(*kept)).alias("_scores"))
         scored = scored.select(*kept, *(F.col(f"_scores.{c}").alias(c) for c in RESULT_COLUMNS))
@@ -109,9 +121,28 @@ def _input_error_in(text: str, input_path: str, header: list[str], local: bool) 
     return None
 
 
+def _quoted(name: str):
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def _read(spark, path: str, local: bool):
     if path.endswith(".parquet") or (local and Path(path).is_dir()):
         return spark.read.parquet(path)
+    # Headers checked as `anomaly score` checks them (Spark would rename a repeated or empty
+    # name, "cpu1", "_c7"); off this machine, the first file's.
+    if local:
+        files = glob.glob(path) if glob.has_magic(path) else [path]
+        if not files:
+            raise InputError(f"no file matches {path}")
+        for file in files:
+            csv_header(Path(file))
+    else:
+        first = spark.read.text(path).first()
+        if first is None:
+            raise InputError(f"{path} is empty")
+        csv_header(io.BytesIO(first.value.encode()), name=path)
     # Text, like `anomaly score`: the detector parses values itself and names bad ones.
     quoted = not local or any(_has_quotes(Path(p)) for p in glob.glob(path))
     return (
@@ -168,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     spark = SparkSession.builder.master(args.master).appName("anomaly-score").getOrCreate()
     try:
         score(spark, args.model, args.input, args.output, args.format)
-    except AnomalyError as exc:
-        logging.error("%s", exc)
-        return exit_code(exc)
+    except (AnomalyError, OSError) as exc:
+        return stopped(exc)
     finally:
         spark.stop()
     logging.info("scored %s -> %s", args.input, args.output)

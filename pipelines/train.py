@@ -21,8 +21,9 @@ from pathlib import Path
 
 from anomaly import AnomalyError, Detector, registry
 from anomaly.data import read_csv
+from anomaly.persistence import check_target
 from anomaly.training import this_process
-from pipelines import exit_code
+from pipelines import stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         main = this_process().is_main  # under torchrun the first process speaks for all
         if not main:
             logging.getLogger().setLevel(logging.ERROR)
+        # Whatever would refuse the result is asked before training, not after it.
+        if args.out:
+            check_target(args.out)
+        if args.register and main:
+            registry.check_store()
         detector = Detector(
             model=args.model, exclude=args.exclude, target_fpr=args.target_fpr,
             device=args.device,
@@ -58,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                 data_source=str(Path(args.data).resolve()),
             )
             logging.info("registered %s version %s", args.register, logged.version)
-    except AnomalyError as exc:
-        logging.error("%s", exc)
-        return exit_code(exc)
+    except (AnomalyError, OSError) as exc:
+        return stopped(exc)
     logging.info("trained %s; threshold %.6g", args.model, detector.threshold_)
     return 0
 

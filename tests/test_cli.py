@@ -175,6 +175,23 @@ def test_training_errors_name_the_files_row_and_line_labelled_rows_counted(tmp_p
     assert done.stderr.strip().endswith("(line 52 of the file)")
 
 
+def test_a_bad_label_is_named_as_written_with_its_line(trained, tmp_path):
+    rows = make_service_metrics(200, 20, seed=2)
+    for labels, message in [
+        (rows["label"].map({0: -1, 1: 1}), "label column 'label', row 0: -1 is not a label"),
+        (rows["label"].where(rows.index != 5), "label column 'label', row 5: the label is missing"),
+    ]:
+        rows.assign(label=labels).to_csv(tmp_path / "labelled.csv", index=False)
+        evaluate = ["evaluate", "--no-log", "--model", str(trained / "model")]
+        train = ["train", "--out", str(tmp_path / "m"), "-x", "host_id", "-x", "timestamp"]
+        for command in (evaluate, train):
+            done = _run(command[0], str(tmp_path / "labelled.csv"), *command[1:],
+                        "--label-col", "label")  # fmt: skip
+            assert done.exit_code == 2, done.output
+            row = message.split("row ")[1].split(":")[0]
+            assert message in done.stderr and f"(line {int(row) + 2} of the file)" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -17,9 +17,35 @@ def test_scheduler_entry_points_train_then_score(tmp_path):
     assert len(pd.read_csv(tmp_path / "out.csv")) == 110
 
 
-def test_scheduler_exit_code_for_bad_input(tmp_path):
+def test_scheduler_exit_code_for_bad_input(tmp_path, monkeypatch, caplog):
     (tmp_path / "empty.csv").write_text("")
     assert train.main(["--data", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "m")]) == 2
+    # What would refuse the model is asked before training: a file in the way, a registry
+    # that does not answer (retry later).
+    make_service_metrics(300, seed=0).to_csv(tmp_path / "normal.csv", index=False)
+    (tmp_path / "afile").write_text("")
+    data = [
+        "--data",
+        str(tmp_path / "normal.csv"),
+        "--exclude",
+        "host_id",
+        "--exclude",
+        "timestamp",
+    ]
+    assert train.main([*data, "--out", str(tmp_path / "afile" / "m")]) == 2
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    caplog.clear()
+    assert train.main([*data, "--register", "never"]) == 75
+    assert "trained" not in caplog.text
+    # An output the system refuses is one line, and bad input, as in the CLI.
+    model = ["--model", str(tmp_path / "m")]
+    train.main([*data, "--exclude", "label", "--out", str(tmp_path / "m")])
+    caplog.clear()
+    out = str(tmp_path / "afile" / "out.csv")
+    assert batch_score.main([*model, "--input", str(tmp_path / "normal.csv"), "--output", out]) == 2
+    assert f"{tmp_path / 'afile'}: Not a directory" in caplog.text
 
 
 def test_train_under_torchrun_saves_once_from_the_first_process(tmp_path):

@@ -135,3 +135,31 @@ def test_a_ragged_row_is_named_and_a_failed_job_keeps_the_last_output(spark, mod
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bad.csv", "good.csv", "out", "short.csv"
     ]  # fmt: skip
+
+
+def test_headers_are_read_as_anomaly_score_reads_them(spark, model_uri, tmp_path):
+    """Spark would rename a repeated or empty name and match names whatever their case; a
+    name with a dot is a column, not a field of one."""
+    rows = make_service_metrics(50, seed=7)
+    lines = rows.to_csv(index=False).splitlines()
+    for header, message in [
+        (lines[0].replace("cpu", "timestamp"), "column 'timestamp' appears twice"),
+        (lines[0].rsplit(",", 1)[0] + ",", "of the header has no name"),
+    ]:
+        (tmp_path / "odd.csv").write_text("\n".join([header, *lines[1:]]) + "\n")
+        with pytest.raises(InputError, match=message):
+            spark_score.score(spark, model_uri, str(tmp_path / "odd.csv"), str(tmp_path / "o"))
+    with pytest.raises(InputError, match="no file matches"):
+        spark_score.score(spark, model_uri, str(tmp_path / "none*.csv"), str(tmp_path / "o"))
+    extra = rows.assign(**{"CPU": "loud", "note.x": "a.b"})
+    extra.to_csv(tmp_path / "extra.csv", index=False)
+    spark_score.score(spark, model_uri, str(tmp_path / "extra.csv"), str(tmp_path / "o"))
+    scored = read_parts(tmp_path / "o")
+    assert (scored["CPU"] == "loud").all() and (scored["note.x"] == "a.b").all()
+    score_csv(registry.load_detector(model_uri), tmp_path / "extra.csv", tmp_path / "cli.csv",
+              progress=False)  # fmt: skip
+    expected = pd.read_csv(tmp_path / "cli.csv").sort_values(["host_id", "timestamp"])
+    np.testing.assert_array_equal(
+        scored["anomaly_score"].to_numpy("float32"), expected["anomaly_score"].to_numpy("float32")
+    )
+    assert spark.conf.get("spark.sql.caseSensitive") == "false"  # the session's, restored
