@@ -323,19 +323,7 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``output_path`` when the block ends without an error: it is
     written beside it under a temporary name, then renamed. On an error, the temporary file
     goes, and so do the folders made for it: a failed run leaves everything as it was."""
-    if output_path.is_dir():
-        raise InputError(f"{output_path} is a folder; give the output a file name")
-    if output_path.exists() and not output_path.is_file():  # renaming onto it would replace it
-        raise InputError(f"{output_path} is not a regular file (a device or pipe); give a file")
-    # A symlink's target is written, and the link stays; "a/../b" is b, though a may not exist.
-    target = Path(os.path.realpath(output_path))
-    folder = target.parent
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    if not folder.is_dir():  # named as given, not by the temporary file it would refuse
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    target, missing = _check_output(output_path)
     made: list[Path] = []  # by this call, outermost first
     tmp_name = None
     try:
@@ -357,6 +345,26 @@ def _replacing(output_path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def _check_output(output_path: Path) -> tuple[Path, list[Path]]:
+    """Refuse an output path that cannot become a file (before any work, where it can be);
+    returns the file to write (a symlink's target) and the folders to make for it."""
+    if output_path.is_dir():
+        raise InputError(f"{output_path} is a folder; give the output a file name")
+    if output_path.exists() and not output_path.is_file():  # renaming onto it would replace it
+        raise InputError(f"{output_path} is not a regular file (a device or pipe); give a file")
+    # A symlink's target is written, and the link stays; "a/../b" is b, though a may not exist.
+    target = Path(os.path.realpath(output_path))
+    folder, missing = target.parent, []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    if not folder.is_dir():  # a file in the way, named as given
+        given = output_path.parents[len(missing)]
+        named = given if os.path.realpath(given) == str(folder) else folder
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(named))
+    return target, missing
+
+
 def _bar(path: Path, desc: str, progress: bool) -> tqdm:
     return tqdm(
         total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, disable=not progress
@@ -374,11 +382,12 @@ def score_images(
     from anomaly.image_maps import check_maps_dir, save_overlays
 
     started = time.perf_counter()
-    if maps_dir is not None:  # a file in the way fails now, not after the scores are written
+    output_path = Path(output_path)
+    _check_output(output_path)  # a file in the way fails now, not after every image is scored
+    if maps_dir is not None:
         check_maps_dir(maps_dir)
     images, names = load_images(source, detector.image_size_, detector.channels)
     frame, maps = detector.score_with_maps(images, names, maps=maps_dir is not None)
-    output_path = Path(output_path)
     with _replacing(output_path) as out:
         # true/false, as the table and series outputs write them (pandas writes True/False)
         flags = frame["is_anomaly"].map({True: "true", False: "false"})

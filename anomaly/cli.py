@@ -15,13 +15,7 @@ from typing import Annotated
 
 import typer
 
-from anomaly.errors import (
-    AnomalyError,
-    InputError,
-    PromotionLocked,
-    RegistryUnavailable,
-    os_error_message,
-)
+from anomaly.errors import AnomalyError, InputError, os_error_message, worth_retrying
 
 app = typer.Typer(
     help="Autoencoder anomaly detection: train on normal rows, score new ones.",
@@ -75,7 +69,7 @@ class LogLevel(StrEnum):
 
 
 BAD_INPUT = 2  # a retry would fail the same way
-TRY_LATER = 75  # EX_TEMPFAIL: the registry was unreachable, or a promotion held its lock
+TRY_LATER = 75  # EX_TEMPFAIL: see anomaly.errors.worth_retrying
 
 
 def _fail(message: str, code: int = BAD_INPUT) -> None:
@@ -90,12 +84,10 @@ def _friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (RegistryUnavailable, PromotionLocked) as exc:
-            _fail(str(exc), TRY_LATER)
-        except (AnomalyError, FloatingPointError) as exc:
-            _fail(str(exc))
-        except OSError as exc:  # a missing file, a read-only folder, a full disk...
-            _fail(os_error_message(exc))
+        except (AnomalyError, FloatingPointError, OSError) as exc:
+            # a bad value, a missing file, a read-only folder; or the registry unreachable
+            message = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+            _fail(message, TRY_LATER if worth_retrying(exc) else BAD_INPUT)
         except ValueError as exc:  # invalid settings that torch or numpy refuse
             _fail(str(exc))
 

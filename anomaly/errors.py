@@ -6,6 +6,20 @@ else escaping the library is a bug.
 
 from __future__ import annotations
 
+import errno
+import sys
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    """Whether a command stopped by ``exc`` may succeed if run again later (a scheduler's
+    EX_TEMPFAIL): the registry unreachable or busy, a network failure, a full disk."""
+    if isinstance(exc, RegistryUnavailable | PromotionLocked | ConnectionError | TimeoutError):
+        return True
+    requests = sys.modules.get("requests")  # MLflow's HTTP client raises its own kinds
+    if requests is not None and isinstance(exc, requests.ConnectionError | requests.Timeout):
+        return True
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
 
 def os_error_message(exc: OSError) -> str:
     """The path and the system's reason (``out/m: Permission denied``), or the message an

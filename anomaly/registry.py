@@ -36,7 +36,7 @@ import pandas as pd
 
 from anomaly.detector import Detector
 from anomaly.errors import PromotionLocked, RegistryError, RegistryUnavailable
-from anomaly.persistence import META_FILE, load_detector_dir
+from anomaly.persistence import META_FILE, load_detector_dir, read_kind
 from anomaly.pyfunc import DATA_DIR, signature
 
 log = logging.getLogger(__name__)
@@ -527,19 +527,36 @@ def promote(name: str, version: str | int, alias: str = CHAMPION) -> str | None:
     champion under the promotion lock (see :func:`promote_if_champion`), as a retrain does.
     """
     client, version = _client(), str(version)
-    _check_loadable(client, name, version)
+    ref = _check_loadable(client, name, version)
     if alias != CHAMPION:
         return _move_alias(client, name, version, alias)
+    _check_same_kind(client, name, version, ref)
     with _promotion_lock(client, name, PROMOTION_WAIT_S, PROMOTION_LEASE_S):
         return _move_alias(client, name, version, alias)
 
 
-def _check_loadable(client, name: str, version: str) -> None:
+def _check_loadable(client, name: str, version: str) -> ModelRef:
     """A version this package cannot load would break every service and job on its alias
     (checked before the lock: it may download the model)."""
     with _mlflow_errors(f"model {name!r} has no version {version}"):
         client.get_model_version(name, version)
-    resolve(f"models:/{name}/{version}")
+    return resolve(f"models:/{name}/{version}")
+
+
+def _check_same_kind(client, name: str, version: str, ref: ModelRef) -> None:
+    """Services and jobs on NAME@champion read one kind of data (a service refuses to reload
+    to another kind): a champion of another kind would break them all."""
+    with _mlflow_errors(f"no registered model named {name!r}"):
+        current = client.get_registered_model(name).aliases.get(CHAMPION)
+    if current is None or str(current) == version:
+        return
+    before = read_kind(resolve(f"models:/{name}/{current}").path)
+    after = read_kind(ref.path)
+    if before != after:
+        raise RegistryError(
+            f"{name} v{version} is a {after} model, its champion v{current} a {before} one: "
+            f"what reads {name}@champion reads {before} data; register it under another name"
+        )
 
 
 def _move_alias(client, name: str, version: str, alias: str) -> str | None:

@@ -286,7 +286,7 @@ def retrain(
             schema_notes=report.lines(),
             champion_version=champion_ref.version,
         )
-    except RegistryError as exc:
+    except (RegistryError, OSError) as exc:  # an artifact store's own error, too
         # The decision stands (the aliases say it): failing now would have a scheduler retry,
         # retraining against a champion this run may have just promoted.
         log.warning("the gate's record was not logged to run %s: %s", logged.run_id, exc)

@@ -21,7 +21,9 @@ unreachable or failing (retry), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import bz2
 import glob
+import gzip
 import io
 import logging
 import os
@@ -72,8 +74,15 @@ def _score(spark, model_uri: str, input_path: str, output_path: str, fmt: str) -
     target = Path(os.path.realpath(output_path)) if local(output_path) else None
     if target is not None and target.exists() and not target.is_dir():
         raise InputError(f"{output_path} is a file; Spark writes a folder of parts")
+    if target is not None and not (above := next(p for p in target.parents if p.exists())).is_dir():
+        raise InputError(f"{above} is a file; the output folder {output_path} cannot be made")
     written = str(hidden_sibling(target)) if target is not None else output_path
-    frame = _read(spark, input_path, local(input_path))
+    try:
+        frame = _read(spark, input_path, local(input_path))
+    except Exception as exc:  # Spark's own, for a path it cannot find (off this machine)
+        if "PATH_NOT_FOUND" not in str(exc):
+            raise
+        raise InputError(f"no such file or folder: {input_path}") from None
     missing = [c for c in detector.schema_.names if c not in frame.columns]
     if missing:
         raise InputError(f"{input_path}: missing column {missing[0]!r}", column=missing[0])
@@ -133,11 +142,7 @@ def _read(spark, path: str, local: bool):
     # Headers checked as `anomaly score` checks them (Spark would rename a repeated or empty
     # name, "cpu1", "_c7"); off this machine, the first file's.
     if local:
-        files = glob.glob(path) if glob.has_magic(path) else [path]
-        if not files:
-            raise InputError(f"no file matches {path}")
-        for file in files:
-            csv_header(Path(file))
+        _check_headers(path)
     else:
         first = spark.read.text(path).first()
         if first is None:
@@ -153,6 +158,39 @@ def _read(spark, path: str, local: bool):
         .option("mode", "FAILFAST")  # a row with fields missing or extra is an error
         .csv(path)
     )
+
+
+def _check_headers(path: str) -> None:
+    """Check the header of each local file that Spark reads for ``path`` (a file or a glob):
+    as ``anomaly score`` checks one, and the same in every file, as Spark reads every file
+    by the first one's header (columns in another order would be read as the wrong ones)."""
+    files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    # Spark skips hidden files and its own markers (_SUCCESS), and reads no row from an
+    # empty file.
+    files = [Path(f) for f in files if not Path(f).name.startswith(("_", "."))]
+    if not files:
+        raise InputError(f"no file matches {path}")
+    files = [f for f in files if f.is_file() and f.stat().st_size > 0]
+    if not files:
+        raise InputError(f"{path} is empty")
+    first = None
+    for file in files:
+        opener = _DECOMPRESSING.get(file.suffix, open)
+        if file.suffix in _OTHER_CODECS:
+            continue  # Spark reads it; Python here cannot
+        with opener(file, "rb") as raw:
+            header = csv_header(raw, name=str(file))
+        if first is None:
+            first = (file, header)
+        elif header != first[1]:
+            raise InputError(
+                f"{file}: its header is not that of {first[0]}; Spark reads every file by the "
+                "first one's header, so give files whose columns come in the same order"
+            )
+
+
+_DECOMPRESSING = {".gz": gzip.open, ".bz2": bz2.open}
+_OTHER_CODECS = {".deflate", ".lz4", ".snappy", ".zst", ".xz"}
 
 
 def _on_this_disk(spark) -> Callable[[str], bool]:

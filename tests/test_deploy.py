@@ -416,6 +416,11 @@ def test_gpu_training_job_runs_the_pipeline_under_torchrun_on_the_cuda_image(cap
     assert args[: args.index("-m")] == ["--standalone", "--nproc-per-node", "gpu"]
     assert args[args.index("-m") + 1] == "pipelines.train"
     accepts("pipelines.train", args[args.index("-m") + 2 :], capsys, monkeypatch)
+    # it registers the demo's model name: it must read the same columns as the demo's model
+    from deploy.demo_model import EXCLUDE
+
+    assert args[args.index("--register") + 1] == "service-metrics"
+    assert {args[i + 1] for i, a in enumerate(args) if a == "--exclude"} == set(EXCLUDE)
     assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
     # NCCL's shared memory: a container's own /dev/shm is 64 MiB
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -185,8 +185,19 @@ def test_skipped_files_are_a_warning_naming_some(tmp_path, caplog):
     assert len(images) == 1
     [record] = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert record.levelno == logging.WARNING  # shown by the CLI, which logs warnings only
-    assert "skipped 6 file(s)" in record.getMessage()
+    assert "skipped 6 entries" in record.getMessage()
     assert record.getMessage().endswith(": b.tif, c.webp, d.bmp, e.gif, f.txt, ...")
+    # a subfolder and a link to nothing are said to be skipped too
+    for name in ("b.tif", "c.webp", "d.bmp", "e.gif", "f.txt", "g.tiff"):
+        (tmp_path / name).unlink()
+    (tmp_path / "more").mkdir()
+    _png(tmp_path / "more" / "nested.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anomaly.data.images"):
+        images, _ = load_images(tmp_path, size=4)
+    assert len(images) == 1
+    assert "skipped 2 entries" in caplog.text and caplog.text.rstrip().endswith(": gone.png, more/")
 
 
 def test_wrapped_base64_decodes():

@@ -32,7 +32,9 @@ def test_scheduler_exit_code_for_bad_input(tmp_path, monkeypatch, caplog):
         "--exclude",
         "timestamp",
     ]
+    caplog.clear()
     assert train.main([*data, "--out", str(tmp_path / "afile" / "m")]) == 2
+    assert "Not a directory" in caplog.text and "trained" not in caplog.text
     from conftest import free_port
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -46,6 +48,17 @@ def test_scheduler_exit_code_for_bad_input(tmp_path, monkeypatch, caplog):
     out = str(tmp_path / "afile" / "out.csv")
     assert batch_score.main([*model, "--input", str(tmp_path / "normal.csv"), "--output", out]) == 2
     assert f"{tmp_path / 'afile'}: Not a directory" in caplog.text
+    # A network failure MLflow does not wrap (an artifact store's) is worth a retry.
+    import requests
+
+    from anomaly import registry
+
+    def unreachable(*args, **kwargs):
+        raise requests.ConnectionError("the artifact store did not answer")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(registry, "log_detector", unreachable)
+    assert train.main([*data, "--exclude", "label", "--register", "m"]) == 75
 
 
 def test_train_under_torchrun_saves_once_from_the_first_process(tmp_path):

@@ -322,3 +322,21 @@ def test_retrain_is_refused_under_torchrun(normal_rows, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(AnomalyError, match="run it without torchrun"):
         retrain("never-registered", normal_rows)
+
+
+def test_a_champion_of_another_kind_is_refused(fitted_ae):
+    """Every service and job on NAME@champion reads one kind of data."""
+    from anomaly.datasets import make_metric_series
+    from anomaly.errors import RegistryError
+    from anomaly.sequence import SequenceDetector
+
+    name = f"kinds-{uuid.uuid4().hex[:8]}"
+    registry.log_detector(fitted_ae, register=name)
+    series = SequenceDetector(window=8, epochs=1).fit(
+        make_metric_series(300, 1).drop(columns="host")
+    )
+    registry.log_detector(series, register=name)
+    with pytest.raises(RegistryError, match=r"v2 is a sequence model, its champion v1 a tabular"):
+        registry.promote(name, "2")
+    assert aliases(name) == {"champion": "1"}
+    assert registry.promote(name, "2", alias="challenger") is None  # other aliases may move

@@ -133,11 +133,13 @@ def test_bad_requests_promote_nothing(champion, tmp_path):
         retrain(champion, make_metric_series(400, 2, seed=10), mode="append")  # not later
     new.drop(columns=["host"]).to_csv(tmp_path / "bad.csv", index=False)
     assert retrain_pipeline.main(["--name", champion, "--data", str(tmp_path / "bad.csv")]) == 2
-    # A bad value is named by its row in the file, not in the part it fell in.
+    # A bad value is named by its row in the file, not in the part it fell in: here the last
+    # row, in the held-out share (its row 79 there).
     word = new.sort_values("timestamp", kind="stable").astype({"value": object})
-    word.iloc[10, word.columns.get_loc("value")] = "ERR"
+    word.iloc[-1, word.columns.get_loc("value")] = "ERR"
     word.to_csv(tmp_path / "word.csv", index=False)
-    message = r"word\.csv: column 'value', row 10: 'ERR' is not a number \(line 12 of the file\)"
+    last = len(word) - 1
+    message = rf"word\.csv: column 'value', row {last}: 'ERR' is not a number \(line {last + 2} "
     with pytest.raises(InputError, match=message):
         retrain(champion, tmp_path / "word.csv")
     assert aliases(champion) == {"champion": "1"}  # nothing trained, nothing registered

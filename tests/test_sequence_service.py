@@ -266,7 +266,9 @@ def test_a_reload_to_another_kind_of_model_is_refused(detector, fitted_ae):
     (a restart checks what a series model needs: one worker, or Redis)."""
     import uuid
 
-    from anomaly.errors import ModelFormatError
+    from mlflow import MlflowClient
+
+    from anomaly.errors import ModelFormatError, RegistryError
     from anomaly.service.model import ModelHolder
 
     name = f"kinds-{uuid.uuid4().hex[:8]}"
@@ -274,7 +276,9 @@ def test_a_reload_to_another_kind_of_model_is_refused(detector, fitted_ae):
     series_version = registry.log_detector(detector, register=name).version
     holder = ModelHolder(f"models:/{name}@champion")
     holder.load()
-    registry.promote(name, series_version)
+    with pytest.raises(RegistryError, match="is a sequence model, its champion v1 a tabular"):
+        registry.promote(name, series_version)  # refused; MLflow's own client moves it
+    MlflowClient().set_registered_model_alias(name, registry.CHAMPION, series_version)
     with pytest.raises(ModelFormatError, match="a sequence model; this service serves tabular"):
         holder._reload_if_moved()
     assert holder.current.ref.version == "1" and holder.current.detector.kind == "tabular"

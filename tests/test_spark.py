@@ -163,3 +163,22 @@ def test_headers_are_read_as_anomaly_score_reads_them(spark, model_uri, tmp_path
         scored["anomaly_score"].to_numpy("float32"), expected["anomaly_score"].to_numpy("float32")
     )
     assert spark.conf.get("spark.sql.caseSensitive") == "false"  # the session's, restored
+    # A glob as Spark reads it: its markers and empty parts skipped, compressed files read;
+    # every header must be the first one's, as Spark reads each file by it.
+    import gzip
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    rows.head(20).to_csv(parts / "a.csv", index=False)
+    (parts / "b.csv.gz").write_bytes(gzip.compress(rows.tail(30).to_csv(index=False).encode()))
+    (parts / "c.csv").write_text("")
+    (parts / "_SUCCESS").write_text("")
+    spark_score.score(spark, model_uri, str(parts / "*"), str(tmp_path / "o"))
+    assert len(read_parts(tmp_path / "o")) == 50
+    swapped = rows.head(5)[[rows.columns[1], rows.columns[0], *rows.columns[2:]]]
+    swapped.to_csv(parts / "d.csv", index=False)
+    with pytest.raises(InputError, match=r"d\.csv: its header is not that of .*a\.csv"):
+        spark_score.score(spark, model_uri, str(parts / "*"), str(tmp_path / "o"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match=r"afile is a file; the output folder .* cannot be made"):
+        spark_score.score(spark, model_uri, str(parts / "a.csv"), str(tmp_path / "afile" / "o"))

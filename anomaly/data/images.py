@@ -274,9 +274,13 @@ def _folder_files(folder: Path) -> list[Path]:
     files: list[Path] = []
     skipped: list[str] = []
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
             continue
-        if path.suffix.lower() in suffixes:
+        if path.is_dir():  # not read: images in subfolders are said to be left out
+            skipped.append(f"{path.name}/")
+        elif not path.is_file():  # a link to nothing, a pipe
+            skipped.append(path.name)
+        elif path.suffix.lower() in suffixes:
             files.append(path)
         else:
             skipped.append(path.name)
@@ -284,7 +288,8 @@ def _folder_files(folder: Path) -> list[Path]:
         # A warning, not info: a folder of TIFF or WebP images would otherwise be scored in
         # part without a word on the command line.
         log.warning(
-            "%s: skipped %d file(s) that are not PNG, JPEG, .npy or .npz: %s",
+            "%s: skipped %d entries that are not PNG, JPEG, .npy or .npz files (subfolders "
+            "are not read): %s",
             folder,
             len(skipped),
             _first_names(skipped),
