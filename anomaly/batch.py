@@ -32,12 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from anomaly.data.tabular import (
-    CSV_PARSE_OPTIONS,
     csv_header,
-    first_ragged_row,
     in_file,
-    ragged_row_error,
-    text_convert_options,
+    text_blocks,
     without_na_tokens,
 )
 from anomaly.detector import RESULT_COLUMNS, Detector
@@ -399,26 +396,11 @@ def score_images(
 
 
 def _read_blocks(path: Path, header: list[str], block_size: int, bar: tqdm):
-    """Record batches of text columns, advancing ``bar`` by the bytes read (ahead); Arrow's
-    parse errors become InputError."""
-    # A file Arrow opens itself: its read-ahead threads then never call into Python, which
-    # could abort the interpreter as it exits after a parse error (apache/arrow#34314).
-    try:
-        with pa.OSFile(str(path)) as source:
-            reader = pacsv.open_csv(
-                source,
-                read_options=pacsv.ReadOptions(block_size=block_size),
-                parse_options=CSV_PARSE_OPTIONS,
-                convert_options=text_convert_options(header),
-            )
-            for batch in reader:
-                bar.update(source.tell() - bar.n)
-                yield batch
-    except pa.ArrowInvalid as exc:
-        ragged = first_ragged_row(path, len(header))
-        if ragged is None:
-            raise InputError(f"{path} is not well-formed CSV: {exc}") from None
-        raise ragged_row_error(*ragged, header) from None  # named by path and line where caught
+    """Record batches of text columns, advancing ``bar`` by the bytes read (ahead); a bad
+    row's error is named by path and line where it is caught (``in_file``)."""
+    for batch, read in text_blocks(path, header, name=str(path), block_size=block_size):
+        bar.update(read - bar.n)
+        yield batch
 
 
 def _output_table(batch: pa.RecordBatch, kept: list[str], result: dict) -> pa.Table:

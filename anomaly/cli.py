@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from anomaly.errors import AnomalyError, InputError, os_error_message, worth_retrying
+from anomaly.errors import BAD_INPUT, AnomalyError, InputError, exit_code, one_line
 
 app = typer.Typer(
     help="Autoencoder anomaly detection: train on normal rows, score new ones.",
@@ -68,10 +68,6 @@ class LogLevel(StrEnum):
     trace = "trace"
 
 
-BAD_INPUT = 2  # a retry would fail the same way
-TRY_LATER = 75  # EX_TEMPFAIL: see anomaly.errors.worth_retrying
-
-
 def _fail(message: str, code: int = BAD_INPUT) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=code)
@@ -86,8 +82,7 @@ def _friendly_errors(command):
             return command(*args, **kwargs)
         except (AnomalyError, FloatingPointError, OSError) as exc:
             # a bad value, a missing file, a read-only folder; or the registry unreachable
-            message = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
-            _fail(message, TRY_LATER if worth_retrying(exc) else BAD_INPUT)
+            _fail(one_line(exc), exit_code(exc))
         except ValueError as exc:  # invalid settings that torch or numpy refuse
             _fail(str(exc))
 

@@ -9,25 +9,30 @@ from __future__ import annotations
 import errno
 import sys
 
+# How a command (the CLI, a scheduler's pipeline) stopped by one of these errors exits
+BAD_INPUT = 2  # bad data, model or URI: a retry would fail the same way
+TRY_LATER = 75  # EX_TEMPFAIL: the registry or the network failing, a promotion holding its
+# lock, a full disk: worth running again later
 
-def worth_retrying(exc: BaseException) -> bool:
-    """Whether a command stopped by ``exc`` may succeed if run again later (a scheduler's
-    EX_TEMPFAIL): the registry unreachable or busy, a network failure, a full disk."""
+
+def exit_code(exc: BaseException) -> int:
+    """:data:`TRY_LATER` for an error that may pass if the command runs again later, else
+    :data:`BAD_INPUT`."""
     if isinstance(exc, RegistryUnavailable | PromotionLocked | ConnectionError | TimeoutError):
-        return True
+        return TRY_LATER
     requests = sys.modules.get("requests")  # MLflow's HTTP client raises its own kinds
     if requests is not None and isinstance(exc, requests.ConnectionError | requests.Timeout):
-        return True
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        return TRY_LATER
+    return TRY_LATER if isinstance(exc, OSError) and exc.errno == errno.ENOSPC else BAD_INPUT
 
 
-def os_error_message(exc: OSError) -> str:
-    """The path and the system's reason (``out/m: Permission denied``), or the message an
-    OSError was raised with: one line for a user."""
-    if exc.strerror and exc.filename is not None:
+def one_line(exc: BaseException) -> str:
+    """The error as one line for a user: an OSError as its path and the system's reason
+    (``out/m: Permission denied``), any other as its message."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         paths = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else f"{exc.filename}"
         return f"{paths}: {exc.strerror}"
-    return str(exc) or exc.strerror or type(exc).__name__
+    return str(exc) or getattr(exc, "strerror", None) or type(exc).__name__
 
 
 class AnomalyError(Exception):

@@ -24,7 +24,7 @@ import logging
 import math
 import reprlib
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -379,6 +379,45 @@ def text_convert_options(names: Iterable[str]) -> pacsv.ConvertOptions:
     )
 
 
+def text_blocks(
+    source: Path | BinaryIO,
+    header: list[str],
+    *,
+    name: str,
+    block_size: int = 2 << 20,
+    columns: Sequence[str] | None = None,
+) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """A CSV file's (or stream's) record batches of text columns (``columns``, by default
+    all), each with the bytes read so far (Arrow reads ahead). A row with fields left off or
+    added is an InputError naming the row (counted from 0 after the header); the caller
+    names the file and line.
+
+    Arrow opens the file itself: its read-ahead threads then never call into Python, which
+    could abort the interpreter as it exits after a parse error (apache/arrow#34314).
+    """
+    stream = (
+        pa.OSFile(str(source)) if isinstance(source, Path) else pa.BufferReader(source.getvalue())
+    )
+    convert = text_convert_options(header if columns is None else columns)
+    if columns is not None:
+        convert.include_columns = list(columns)
+    try:
+        with stream:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=block_size),
+                parse_options=CSV_PARSE_OPTIONS,
+                convert_options=convert,
+            )
+            for batch in reader:
+                yield batch, stream.tell()
+    except pa.ArrowInvalid as exc:
+        ragged = first_ragged_row(source, len(header))
+        if ragged is None:
+            raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
+        raise ragged_row_error(*ragged, header) from None
+
+
 def line_of(path: Path, row: int) -> int:
     """The line (from 1, the header's) where data row ``row`` (from 0) starts, for errors.
 
@@ -539,21 +578,13 @@ def _checked_header(rows: list[list[str]], name: str) -> list[str]:
 
 
 def _refuse_short_rows(source: Path | BinaryIO, header: list[str], name: str) -> None:
-    """Refuse a row with fields left off (or a line of spaces) as the batch scorer does:
-    Arrow parses the file (converting one column); the csv module then names the row."""
-    stream = (
-        pa.OSFile(str(source)) if isinstance(source, Path) else pa.BufferReader(source.getvalue())
-    )
-    first = pacsv.ConvertOptions(include_columns=header[:1], column_types={header[0]: pa.string()})
+    """Refuse a row with fields left off (or a line of spaces) as the batch scorer does: its
+    reader drains the file, converting one column."""
     try:
-        with stream:
-            for _ in pacsv.open_csv(stream, parse_options=CSV_PARSE_OPTIONS, convert_options=first):
-                pass
-    except pa.ArrowInvalid as exc:
-        ragged = first_ragged_row(source, len(header))
-        if ragged is None:
-            raise InputError(f"{name} is not a well-formed CSV file: {exc}") from None
-        raise _in_source(ragged_row_error(*ragged, header), source, name) from None
+        for _ in text_blocks(source, header, name=name, columns=header[:1]):
+            pass
+    except InputError as exc:
+        raise (exc if exc.row is None else _in_source(exc, source, name)) from None
 
 
 def _in_source(exc: InputError, source: Path | BinaryIO, name: str) -> InputError:
