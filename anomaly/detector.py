@@ -425,6 +425,10 @@ class Detector(AutoencoderDetector):
         self.preprocessor_ = TabularPreprocessor.from_dict(self.schema_, meta["preprocessor"])
         self.calibrator_ = Calibrator.from_dict(meta["calibration"])
         self.typical_contribution_ = np.asarray(meta["typical_contribution"], dtype=np.float32)
+        if self.typical_contribution_.shape != (len(self.schema_.columns),):
+            raise ValueError("typical_contribution has not one value per column")
+        if self.preprocessor_.n_features_ != self.architecture_["n_features"]:
+            raise ValueError("the schema's columns do not make the model's inputs")
 
 
 def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from anomaly.errors import AnomalyError, InputError, ModelFormatError, NotFitted
 from anomaly.persistence import META_FILE, load_model_dir, save_model_dir
 from anomaly.scoring import SCORE_METHODS
 from anomaly.training import TrainConfig, resolve_device, this_process, train, training_device
+
+if TYPE_CHECKING:
+    from sklearn.utils import Tags
 
 
 class AutoencoderDetector:
@@ -54,6 +57,21 @@ class AutoencoderDetector:
                 raise InputError(f"{type(self).__name__} has no parameter {name!r}")
         type(self).__init__(self, **(valid | params))  # as the constructor keeps them
         return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether fitted, for scikit-learn's ``check_is_fitted``."""
+        return hasattr(self, "calibrator_")
+
+    def __sklearn_tags__(self) -> Tags:
+        """What scikit-learn's pipelines and checks ask of an estimator: no target, and
+        tables with missing values and text. scikit-learn is imported only when it asks."""
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type=None,
+            target_tags=TargetTags(required=False),
+            input_tags=InputTags(allow_nan=True, categorical=True, string=True),
+        )
 
     def _score_method(self) -> str:
         if self.score_method is not None:
@@ -224,8 +242,12 @@ class AutoencoderDetector:
             )
         try:
             det = cls(**{**cls._saved_params(meta["params"]), "device": device})
+            det.device_ = resolve_device(device)  # an absent device is the caller's error
+            try:  # the settings the model was trained with, checked as fit checks them
+                det._check_params()
+            except InputError as exc:
+                raise ModelFormatError(f"{Path(path) / META_FILE}: {exc}") from None
             det.architecture_ = meta["architecture"]
-            det.device_ = resolve_device(device)
             det.module_ = det._build_module(det.architecture_)
             det.history_ = {
                 k: [math.nan if v is None else v for v in vs] for k, vs in meta["history"].items()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from anomaly.calibration import Calibrator
@@ -620,6 +621,16 @@ def _as_frame(frame: pd.DataFrame) -> pd.DataFrame:
         raise InputError(f"expected a DataFrame, got {type(frame).__name__}")
     if isinstance(frame.columns, pd.MultiIndex):
         raise InputError("the columns have several levels (a MultiIndex): give one name each")
+    if not all(isinstance(c, str) for c in frame.columns):
+        frame = frame.rename(columns=str)  # as a table detector's: columns 0, 1 are "0", "1"
+    arrow_times = [
+        name
+        for name, dtype in frame.dtypes.items()
+        if isinstance(dtype, pd.ArrowDtype)
+        and (pa.types.is_timestamp(dtype.pyarrow_dtype) or pa.types.is_date(dtype.pyarrow_dtype))
+    ]
+    if arrow_times:  # as numpy's datetime64, which the time rules read
+        frame = frame.assign(**{name: pd.to_datetime(frame[name]) for name in arrow_times})
     return frame
 
 

@@ -168,6 +168,10 @@ def _edit(path, value):
         (_edit(["calibration", "scores"], lambda s: s[::-1]), "in ascending order"),
         (_edit(["calibration", "scores"], []), "in ascending order"),
         (_edit(["architecture", "latent"], -1), "does not describe a model: .*negative"),
+        (_edit(["schema", "columns"], []), "the schema names no columns"),
+        (_edit(["schema", "columns", 0, "kind"], "weird"), "of no known kind \\('weird'\\)"),
+        (_edit(["typical_contribution"], [1.0]), "has not one value per column"),
+        (_edit(["params", "model"], "zzz"), r"detector\.json: unknown model 'zzz'"),
     ],
 )
 def test_an_edited_or_damaged_json_is_one_model_format_error(fitted_ae, tmp_path, edit, message):
@@ -214,6 +218,23 @@ def test_scikit_learn_clones_a_detector():
     assert clone(Detector().set_params(exclude="id")).exclude == ("id",)
     assert clone(SequenceDetector(value_cols="v", exclude="label")).value_cols == ("v",)
     assert SequenceDetector(exclude="label").exclude == ("label",)
+
+
+def test_scikit_learn_pipelines_and_checks_take_a_detector(normal_rows):
+    from sklearn.exceptions import NotFittedError as SklearnNotFitted
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.utils.validation import check_is_fitted
+
+    with pytest.raises(SklearnNotFitted):
+        check_is_fitted(Detector())
+    numbers = normal_rows.drop(columns=[*EXCLUDE, "region"]).head(300)
+    pipeline = make_pipeline(StandardScaler(), Detector(model="linear", epochs=2)).fit(numbers)
+    check_is_fitted(pipeline[-1])
+    scaled = pipeline[0].transform(numbers)  # an array: its columns are x0, x1, ...
+    np.testing.assert_array_equal(
+        pipeline.score_samples(numbers), pipeline[-1].score_samples(scaled)
+    )
 
 
 def test_load_refuses_what_is_not_a_model(tmp_path):

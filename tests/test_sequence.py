@@ -420,3 +420,17 @@ def test_the_cli_trains_on_epoch_seconds_and_counts_the_rows_it_cannot_score(tmp
     done = CliRunner().invoke(app, args)
     assert done.exit_code == 0, done.output
     assert "5 rows have no score: no window of 16 points covers them" in done.output
+
+
+def test_arrow_backed_frames_and_numbers_for_names_read_as_numpy_ones(fitted, test_rows):
+    """What pd.read_csv(engine="pyarrow", dtype_backend="pyarrow") and read_parquet give:
+    Arrow timestamps, strings and booleans; and pd.DataFrame(array)'s names 0, 1, ..."""
+    arrow = test_rows.convert_dtypes(dtype_backend="pyarrow")
+    assert isinstance(arrow["timestamp"].dtype, pd.ArrowDtype)
+    pd.testing.assert_frame_equal(fitted.score(arrow), fitted.score(test_rows))
+    rows = test_rows.assign(flag=test_rows["value"] > 0).drop(columns="label")
+    named = rows.set_axis(["timestamp", "host", 0, 1], axis=1)  # value as 0, flag as 1
+    for frame in (named, named.convert_dtypes(dtype_backend="pyarrow")):
+        det = SequenceDetector(series_col="host", window=8, epochs=1).fit(frame)
+        assert det.schema_.values == ("0", "1")  # the boolean too, Arrow's or numpy's
+        assert det.score(frame)["anomaly_score"].notna().any()

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from anomaly.data.tabular import BOOLEAN, CATEGORICAL, NUMERIC, TabularSchema, read_csv
@@ -140,6 +141,55 @@ def test_a_level_read_as_a_number_is_the_same_level_beside_a_gap():
     assert beside["code"][2:].tolist() == [-1, 1]
     records = [{"code": 1, "v": 0.0}, {"code": "2", "v": 0.0}, {"code": 1.5, "v": 0.0}]
     assert schema.coerce_records(records)["code"].tolist() == [0, 2, 1]
+
+
+def test_a_level_reads_alike_from_every_dtype_and_any_index():
+    """Levels that look like numbers: the same codes from floats with a gap, a category dtype
+    of floats, Arrow's doubles, and under an index that repeats labels (pd.concat's)."""
+    schema = TabularSchema.infer(pd.DataFrame({"code": ["1", "2", "1.5", "x"], "v": [1.0] * 4}))
+    floats = pd.DataFrame({"code": [1.0, 2.0, np.nan, 1.5], "v": [0.0] * 4})
+    expected = schema.coerce(floats)["code"].tolist()
+    assert expected == [0, 2, -1, 1]  # levels: 1, 1.5, 2, x
+    for code in (
+        floats["code"].astype("category"),
+        floats["code"].astype(pd.ArrowDtype(pa.float64())),
+        floats["code"].astype("Float64"),
+    ):
+        assert schema.coerce(floats.assign(code=code))["code"].tolist() == expected, code.dtype
+    repeated = floats.set_axis([0, 1, 0, 1])
+    assert schema.coerce(repeated)["code"].tolist() == expected
+    words = pd.Series(["x", "1", None, "y"], dtype="category")  # unused and unseen levels
+    coded = schema.coerce(pd.DataFrame({"code": words, "v": [0.0] * 4}))["code"]
+    assert coded.tolist() == [3, 0, -1, -1]
+
+
+def test_numbers_held_as_objects_are_numbers_and_times_are_refused():
+    import datetime
+    import decimal
+
+    amounts = [decimal.Decimal("100.25"), decimal.Decimal("99.50"), None, decimal.Decimal("101")]
+    frame = pd.DataFrame({"amount": amounts, "n": pd.Series([1, 2.5, 3, 4], dtype=object)})
+    schema = TabularSchema.infer(frame)  # as pd.read_sql gives a NUMERIC column
+    assert [c.kind for c in schema.columns] == [NUMERIC, NUMERIC]
+    assert schema.coerce(frame)["amount"][[0, 3]].tolist() == [100.25, 101.0]
+    times = {
+        "durations": pd.to_timedelta([1, 2, 3], unit="s"),
+        "dates as objects": [datetime.date(2026, 1, d) for d in (1, 2, 3)],
+        "Arrow durations": pd.Series([1, 2, 3]).astype(pd.ArrowDtype(pa.duration("s"))),
+        "Arrow times": pd.Series([1, 2, 3]).astype(pd.ArrowDtype(pa.time64("us"))),
+    }
+    for what, values in times.items():
+        with pytest.raises(InputError, match="'t' holds dates, times or durations; exclude"):
+            TabularSchema.infer(pd.DataFrame({"t": values, "x": [1.0, 2.0, 3.0]}))
+            pytest.fail(what)
+
+
+def test_columns_named_by_numbers_are_excluded_by_them():
+    from anomaly import Detector
+
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 3)))
+    det = Detector(model="linear", exclude=[0], epochs=1).fit(frame)
+    assert det.schema_.names == ["1", "2"] and det.schema_.ignored == {"0": "excluded"}
 
 
 def test_read_csv_refuses_repeated_and_empty_names(tmp_path):

@@ -415,7 +415,7 @@ def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
         if name in skip:
             continue
         column = frame[name]
-        if pd.api.types.is_numeric_dtype(column.dtype):
+        if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
             values.append(str(name))
         elif mostly_numbers(column):
             _to_float(column, str(name), 0)  # refuses the first value that is not a number

@@ -139,7 +139,7 @@ class TabularSchema:
         """
         if frame.shape[0] == 0:
             raise InputError("the training data has no rows")
-        exclude = list(exclude)
+        exclude = [str(c) for c in exclude]  # as the frame's names are (0 is "0")
         unknown = [c for c in exclude if c not in frame.columns]
         if unknown:
             raise InputError(
@@ -260,6 +260,13 @@ class TabularSchema:
         columns = tuple(
             Column(c["name"], c["kind"], tuple(c.get("categories", ()))) for c in data["columns"]
         )
+        if not columns:
+            raise ValueError("the schema names no columns")
+        for col in columns:
+            if col.kind not in KINDS:
+                raise ValueError(f"column {col.name!r} is of no known kind ({col.kind!r})")
+            if (col.kind == CATEGORICAL) != bool(col.categories):
+                raise ValueError(f"column {col.name!r}: levels do not match its kind")
         return cls(columns, dict(data.get("ignored", {})))
 
     def fingerprint(self) -> str:
@@ -620,15 +627,27 @@ def _leading_rows(source: Path | BinaryIO, count: int, name: str) -> list[list[s
 _MAYBE_NUMBERS = ("string", "mixed", "mixed-integer", "mixed-integer-float", "integer", "floating")
 
 
+# What pandas infers for an object column of numbers (Decimal from a database, Python ints or
+# floats), and of dates, times and durations.
+_OBJECT_NUMBERS = ("integer", "floating", "mixed-integer-float", "decimal")
+_OBJECT_TIMES = ("datetime", "datetime64", "date", "time", "timedelta", "timedelta64", "period")
+
+
 def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return Column(name, BOOLEAN)
-    if pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.PeriodDtype):
+    inferred = None
+    if pd.api.types.is_object_dtype(dtype):
+        inferred = pd.api.types.infer_dtype(series, skipna=True)
+    if _holds_times(dtype) or inferred in _OBJECT_TIMES:
+        # As numbers they would be nanoseconds; as text, every value a level of its own.
         raise InputError(
-            f"column {name!r} holds timestamps; exclude it (--exclude {name})", column=name
+            f"column {name!r} holds dates, times or durations; exclude it (--exclude {name}) "
+            "or turn it into numbers",
+            column=name,
         )
-    if pd.api.types.is_numeric_dtype(dtype):
+    if pd.api.types.is_numeric_dtype(dtype) or inferred in _OBJECT_NUMBERS:
         return Column(name, NUMERIC)
     text = series.dropna().astype(str).str.strip().str.lower()
     if len(text) and text.isin(TRUE_WORDS | FALSE_WORDS).all() and text.nunique() <= 2:
@@ -658,6 +677,17 @@ def _infer_column(name: str, series: pd.Series, max_categories: int) -> Column:
     if len(ranked) == len(series) and len(series) > max_categories:
         log.warning("column %r: every value is distinct; is it an identifier to exclude?", name)
     return Column(name, CATEGORICAL, tuple(k for k, _ in ranked[:max_categories]))
+
+
+def _holds_times(dtype: object) -> bool:
+    """Whether a column of this dtype holds dates, times or durations (numpy's or Arrow's)."""
+    if isinstance(dtype, pd.ArrowDtype):
+        return pa.types.is_temporal(dtype.pyarrow_dtype)
+    return (
+        pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+        or isinstance(dtype, pd.PeriodDtype)
+    )
 
 
 def mostly_numbers(column: pd.Series) -> bool:
@@ -805,17 +835,26 @@ def _to_codes(
     series: pd.Series, name: str, categories: Sequence[str], row_offset: int
 ) -> np.ndarray:
     levels = pd.Index(list(categories), dtype=object)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        # Each category read as a value of its own dtype would be, then looked up per row.
+        of_category = _to_codes(pd.Series(series.cat.categories), name, categories, 0)
+        return np.append(of_category, -1)[series.cat.codes.to_numpy()]
     if series.dtype == object:
         nested = series.map(lambda v: isinstance(v, dict | list | tuple | set)).to_numpy(bool)
         _refuse_first(nested, series, name, row_offset, "is not a level")
     elif pd.api.types.is_string_dtype(series.dtype):
         return levels.get_indexer(series).astype(np.int64)
-    codes = levels.get_indexer(series.astype(object).where(series.isna(), series.astype(str)))
+    # By position from here: an index may repeat labels (pd.concat's).
+    text = series.astype(str).to_numpy(dtype=object)
+    text[series.isna().to_numpy()] = None
+    codes = levels.get_indexer(text)
     if pd.api.types.is_float_dtype(series.dtype):
         # Levels read as numbers: "1" comes back as 1.0 when the column has a gap.
-        whole = (series.abs() < 2**53) & (series % 1 == 0)  # False for NaN and inf
-        as_int = series.astype(object).where(~whole, series[whole].astype(np.int64).astype(str))
-        codes = np.where(codes >= 0, codes, levels.get_indexer(as_int))
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = (np.abs(values) < 2**53) & (values % 1 == 0)  # False for NaN and inf
+        text[whole] = values[whole].astype(np.int64).astype(str)
+        codes = np.where(codes >= 0, codes, levels.get_indexer(text))
     return codes.astype(np.int64)
 
 
