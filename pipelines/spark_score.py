@@ -98,7 +98,12 @@ def _score(spark, model_uri: str, input_path: str, output_path: str, fmt: str) -
         writer = scored.write.mode("overwrite")
         try:
             if fmt == "csv":  # RFC 4180 quotes, as `anomaly score` writes (Spark's: backslashes)
-                writer.option("header", True).option("escape", '"').csv(written)
+                # and every value as it came: Spark's writer trims spaces by default, which
+                # would show " NL", an unseen level as scored, as the known "NL".
+                (writer.option("header", True).option("escape", '"')
+                 .option("ignoreLeadingWhiteSpace", False)
+                 .option("ignoreTrailingWhiteSpace", False)
+                 .csv(written))  # fmt: skip
             else:
                 writer.parquet(written)
         except Exception as exc:  # Spark wraps the worker's exception in its own

@@ -432,5 +432,24 @@ def test_arrow_backed_frames_and_numbers_for_names_read_as_numpy_ones(fitted, te
     named = rows.set_axis(["timestamp", "host", 0, 1], axis=1)  # value as 0, flag as 1
     for frame in (named, named.convert_dtypes(dtype_backend="pyarrow")):
         det = SequenceDetector(series_col="host", window=8, epochs=1).fit(frame)
-        assert det.schema_.values == ("0", "1")  # the boolean too, Arrow's or numpy's
+        assert det.schema_.values == ("0",)  # true/false is no value, Arrow's or numpy's
         assert det.score(frame)["anomaly_score"].notna().any()
+
+
+def test_true_and_false_are_no_values_in_any_form(fitted, test_rows, tmp_path):
+    """A file's "true" is refused as a value, so a DataFrame's True and JSON's true are too."""
+    from anomaly.streams import parse_points
+
+    at_row_3 = test_rows.astype({"value": object})
+    at_row_3.iloc[3, at_row_3.columns.get_loc("value")] = True
+    with pytest.raises(InputError, match="column 'value', row 3: True is not a number"):
+        fitted.score(at_row_3)
+    point = {"timestamp": "2024-05-01T12:00:00Z", "value": True}
+    with pytest.raises(InputError, match="column 'value', row 0: True is not a number"):
+        parse_points(fitted, [point])
+    with pytest.raises(InputError, match="True is not a number"):
+        fitted.score(test_rows.assign(value=True))
+    with pytest.raises(InputError, match="column 'flag', row 0: True is not a number"):
+        SequenceDetector(value_cols=["flag"], series_col="host").fit(
+            test_rows.assign(flag=True)
+        )

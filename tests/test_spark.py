@@ -96,6 +96,7 @@ def test_spark_reads_and_writes_csv_as_anomaly_score_does(spark, model_uri, tmp_
     rows.loc[5, "note"] = "rebooted\nat 3am"
     rows.loc[6, "note"] = 'say "hi", twice'
     rows.loc[3, "cpu"], rows.loc[4, "cached"] = "NA", "nan"  # missing, as read_csv reads them
+    rows.loc[7, "note"], rows.loc[8, "region"] = "  padded  ", f" {rows.loc[8, 'region']}"
     rows.to_csv(tmp_path / "in.csv", index=False)
     score_csv(registry.load_detector(model_uri), tmp_path / "in.csv", tmp_path / "cli.csv",
               progress=False)  # fmt: skip
@@ -109,7 +110,9 @@ def test_spark_reads_and_writes_csv_as_anomaly_score_does(spark, model_uri, tmp_
         from_spark["anomaly_score"].to_numpy("float32"),
         expected["anomaly_score"].to_numpy("float32"),
     )
-    assert from_spark["note"].fillna("").tolist() == expected["note"].fillna("").tolist()
+    for name in ("note", "region"):  # spaces kept: " eu-west" is an unseen level as scored
+        assert from_spark[name].fillna("").tolist() == expected[name].fillna("").tolist()
+    assert "  padded  " in set(from_spark["note"])
     assert {"rebooted\nat 3am", 'say "hi", twice'} <= set(from_spark["note"].dropna())
 
 

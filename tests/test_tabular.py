@@ -158,6 +158,11 @@ def test_a_level_reads_alike_from_every_dtype_and_any_index():
         assert schema.coerce(floats.assign(code=code))["code"].tolist() == expected, code.dtype
     repeated = floats.set_axis([0, 1, 0, 1])
     assert schema.coerce(repeated)["code"].tolist() == expected
+    # a number beside text (JSON's 2.0 is its 2), whatever the other rows hold
+    mixed = pd.DataFrame({"code": pd.Series([1.0, "x", None, 1.5, 2.0], dtype=object)})
+    assert schema.coerce(mixed.assign(v=0.0))["code"].tolist() == [0, 3, -1, 1, 2]
+    records = [{"code": 2.0, "v": 0.0}, {"code": "x", "v": 0.0}]
+    assert schema.coerce_records(records)["code"].tolist() == [2, 3]
     words = pd.Series(["x", "1", None, "y"], dtype="category")  # unused and unseen levels
     coded = schema.coerce(pd.DataFrame({"code": words, "v": [0.0] * 4}))["code"]
     assert coded.tolist() == [3, 0, -1, -1]

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from anomaly.data.tabular import _refuse_first, _to_float, mostly_numbers
+from anomaly.data.tabular import _refuse_first, mostly_numbers, to_numbers
 from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class SequenceSchema:
         times = self.seconds(frame[self.timestamp], row_offset)
         ids = self._series_ids(frame, row_offset)
         values = (
-            np.column_stack([_to_float(frame[c], c, row_offset) for c in self.values])
+            np.column_stack([to_numbers(frame[c], c, row_offset) for c in self.values])
             if len(frame)
             else np.empty((0, len(self.values)))
         )
@@ -273,7 +273,7 @@ class SequenceSchema:
         missing = column.isna().to_numpy() | (column.to_numpy() == "")
         _refuse_missing(missing, self.timestamp, row_offset, "timestamp")
         if self.timestamp_kind == "number":
-            return _to_float(column, self.timestamp, row_offset)
+            return to_numbers(column, self.timestamp, row_offset)
         # A number is no date: pandas would read it as nanoseconds since 1970.
         problem = "is a number; the model reads times as dates written as text"
         _refuse_first(_numbers(column), column, self.timestamp, row_offset, problem)
@@ -415,10 +415,14 @@ def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
         if name in skip:
             continue
         column = frame[name]
-        if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        # true/false is no number here: a file's "true" is refused as a value, so a DataFrame's
+        # True is too (of numpy's, pandas' or Arrow's bool).
+        if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(
+            column.dtype
+        ):
             values.append(str(name))
         elif mostly_numbers(column):
-            _to_float(column, str(name), 0)  # refuses the first value that is not a number
+            to_numbers(column, str(name))  # refuses the first value that is not a number
             values.append(str(name))  # numbers written as text: read as the values are
         else:
             left_out.append(str(name))

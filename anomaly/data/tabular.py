@@ -199,10 +199,7 @@ class TabularSchema:
         for col in self.columns:
             series = frame[col.name]
             if col.kind == NUMERIC:
-                # true/false and dates read as numbers too (1, nanoseconds), and a CSV
-                # file's "true" is no number: refused alike.
-                _refuse_first(_not_numbers(series), series, col.name, row_offset, "is not a number")
-                out[col.name] = _to_float(series, col.name, row_offset)
+                out[col.name] = to_numbers(series, col.name, row_offset)
             elif col.kind == BOOLEAN:
                 out[col.name] = _to_bool(series, col.name, row_offset)
             else:
@@ -753,6 +750,17 @@ def _refuse_first(
         )
 
 
+def to_numbers(series: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
+    """A column of numbers as float64, NaN for missing; anything else is an error naming the
+    column and the first bad row (``row_offset`` + position).
+
+    true/false and dates read as numbers to numpy (1, nanoseconds), and a CSV file's "true"
+    is no number: refused alike, whichever way they came.
+    """
+    _refuse_first(_not_numbers(series), series, name, row_offset, "is not a number")
+    return _to_float(series, name, row_offset)
+
+
 def _to_float(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_numeric_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -848,14 +856,19 @@ def _to_codes(
     text = series.astype(str).to_numpy(dtype=object)
     text[series.isna().to_numpy()] = None
     codes = levels.get_indexer(text)
+    # Levels read as numbers: "1" comes back as 1.0 when a column of them has a gap, and
+    # JSON's 1.0 is its 1. Each such value is the level it is written as, else its whole
+    # number's, whatever else the column holds.
     if pd.api.types.is_float_dtype(series.dtype):
-        # Levels read as numbers: "1" comes back as 1.0 when the column has a gap.
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            whole = (np.abs(values) < 2**53) & (values % 1 == 0)  # False for NaN and inf
-        text[whole] = values[whole].astype(np.int64).astype(str)
-        codes = np.where(codes >= 0, codes, levels.get_indexer(text))
-    return codes.astype(np.int64)
+    elif series.dtype == object:
+        values = np.array([v if isinstance(v, float) else np.nan for v in series], np.float64)
+    else:
+        return codes.astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        whole = (np.abs(values) < 2**53) & (values % 1 == 0)  # False for NaN and inf
+    text[whole] = values[whole].astype(np.int64).astype(str)
+    return np.where(codes >= 0, codes, levels.get_indexer(text)).astype(np.int64)
 
 
 def _show(value: object, limit: int = 40) -> str:
