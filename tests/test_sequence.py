@@ -450,6 +450,4 @@ def test_true_and_false_are_no_values_in_any_form(fitted, test_rows, tmp_path):
     with pytest.raises(InputError, match="True is not a number"):
         fitted.score(test_rows.assign(value=True))
     with pytest.raises(InputError, match="column 'flag', row 0: True is not a number"):
-        SequenceDetector(value_cols=["flag"], series_col="host").fit(
-            test_rows.assign(flag=True)
-        )
+        SequenceDetector(value_cols=["flag"], series_col="host").fit(test_rows.assign(flag=True))
