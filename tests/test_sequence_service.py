@@ -109,9 +109,24 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
         assert (
             'endpoint="/v1/streams/{stream_id}/points",status="422"' in client.get("/metrics").text
         )
-        # true is no time (nor 1 second past 1970)
+        # true is no time (nor 1 second past 1970), nor a value (a file's "true" is refused)
         answer = client.post(url, json={"points": [{"timestamp": True, "value": 1.0}]})
         assert answer.status_code == 422 and "'timestamp' is true, not a time" in answer.text
+        answer = client.post(url, json={"points": [{**first[0], "value": True}]})
+        assert answer.json()["detail"][0]["loc"] == ["body", "points", 0, "value"]
+        # a body JSON cannot read is named as /v1/score names it, in the same shape
+        for body, problem in ((b'{"points": [{"value": 1' + b"9" * 5000 + b"}]}", "too long"),
+                              (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
+                              (b'{"points": [1, 2', "not valid JSON")):  # fmt: skip
+            answer = client.post(url, content=body)
+            assert answer.status_code == 422 and problem in answer.json()["detail"][0]["msg"]
+        answer = client.post(url, json={"points": []})
+        assert answer.json()["detail"][0]["loc"] == ["body", "points"]
+        # read whatever the content type says, as /v1/score is (curl -d sends a form's)
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        probe = json.dumps({"points": [{"timestamp": "2023-01-01T00:00:00Z", "value": 1.0}]})
+        answer = client.post(url, content=probe, headers=form)
+        assert answer.status_code == 422 and "not after the stream's last point" in answer.text
         # the refused requests changed nothing: the stream goes on from point 5
         answer = client.post(url, json={"points": points_of(series.iloc[5:WINDOW])})
         assert answer.json()["results"][-1]["anomaly_score"] is not None

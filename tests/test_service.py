@@ -2,6 +2,7 @@
 scoring path, bad input, limits, auth, dynamic batching and hot reload."""
 
 import asyncio
+import gzip
 import json
 import math
 import shutil
@@ -44,6 +45,12 @@ def rows(test_rows):
     return test_rows.drop(columns=["label"]).head(300).reset_index(drop=True)
 
 
+def _written_as_float32(scores) -> bool:
+    """Whether each score is written in float32's shortest digits, as `anomaly score` writes
+    it (not 14.240520477294922 for 14.2405205, which read back differ as float64)."""
+    return all(repr(float(s)) == repr(float(str(np.float32(s)))) for s in scores)
+
+
 def test_v1_score_invocations_and_stream_give_the_detector_scores(client, rows, fitted_vae):
     expected = fitted_vae.score(rows)
     answer = client.post("/v1/score", json={"records": records_of(rows)})
@@ -52,6 +59,7 @@ def test_v1_score_invocations_and_stream_give_the_detector_scores(client, rows, 
     assert body["threshold"] == pytest.approx(float(fitted_vae.threshold_))
     results = pd.DataFrame(body["results"])
     assert np.array_equal(results["anomaly_score"].to_numpy("float32"), expected["anomaly_score"])
+    assert _written_as_float32(results["anomaly_score"])
     assert (results["is_anomaly"] == expected["is_anomaly"]).all()
     assert (results["p_value"] == expected["p_value"]).all()
     assert results["top_features"].str.join(";").tolist() == expected["top_features"].tolist()
@@ -73,6 +81,7 @@ def test_v1_score_invocations_and_stream_give_the_detector_scores(client, rows, 
     assert answer.status_code == 200, answer.text
     from_csv = pd.DataFrame(answer.json()["predictions"])
     assert np.array_equal(from_csv["anomaly_score"].to_numpy("float32"), pyfunc["anomaly_score"])
+    assert _written_as_float32(from_csv["anomaly_score"])
 
     lines = b"".join(json.dumps(r).encode() + b"\n" for r in records_of(rows))
     answer = client.post("/v1/score/stream", content=_chunks(lines, 997),
@@ -80,6 +89,7 @@ def test_v1_score_invocations_and_stream_give_the_detector_scores(client, rows, 
     assert answer.status_code == 200
     streamed = pd.DataFrame([json.loads(line) for line in answer.text.splitlines()])
     assert streamed["line"].tolist() == list(range(len(rows)))
+    assert _written_as_float32(streamed["anomaly_score"])
     assert np.array_equal(streamed["anomaly_score"].to_numpy("float32"), expected["anomaly_score"])
 
 
@@ -400,6 +410,33 @@ def test_health_model_info_and_metrics(client, rows, fitted_vae):
     assert 'anomaly_requests_total{endpoint="/v1/score",status="200"}' in text
     assert f"anomaly_threshold {float(fitted_vae.threshold_)}"[:24] in text
     assert client.get("/openapi.json").status_code == 200 and client.get("/docs").status_code == 200
+    assert client.head("/healthz").status_code == client.head("/readyz").status_code == 200
+    # the API's description is counted as itself, not as a path no route matches
+    assert _requests_counted("/docs", 200) >= 1 and _requests_counted("/openapi.json", 200) >= 1
+
+
+def test_the_openapi_description_says_what_is_answered(client):
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    invocations = paths["/invocations"]["post"]["responses"]
+    assert "400" in invocations and "422" not in invocations  # MLflow's status and shape
+    assert "MlflowError" in json.dumps(invocations["400"])
+    assert "error_code" in spec["components"]["schemas"]["MlflowError"]["properties"]
+    stream = paths["/v1/score/stream"]["post"]["responses"]["200"]["content"]
+    assert list(stream) == ["application/x-ndjson"]
+    points = paths["/v1/streams/{stream_id}/points"]["post"]["requestBody"]["content"]
+    assert "points" in json.dumps(points["application/json"]["schema"])
+
+
+def test_a_compressed_body_is_refused_by_name(client, rows):
+    body = json.dumps({"records": records_of(rows.head(2))}).encode()
+    for path in ("/v1/score", "/v1/score/stream", "/invocations"):
+        answer = client.post(path, content=gzip.compress(body),
+                             headers={"Content-Encoding": "gzip"})  # fmt: skip
+        assert answer.status_code == 415, path
+        assert "compressed bodies (gzip) are not read" in answer.json()["detail"]
+    plain = {"Content-Encoding": "identity"}
+    assert client.post("/v1/score", content=body, headers=plain).is_success
 
 
 def test_concurrent_requests_share_forward_passes(fitted_vae, model_dir, rows):

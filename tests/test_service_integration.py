@@ -119,3 +119,17 @@ def test_prometheus_scrapes_the_service(service, tmp_path):
         assert up["data"]["result"][0]["value"][1] == "1"
     finally:
         stop(proc)
+
+
+def test_a_client_that_reads_only_once_its_upload_is_done_gets_every_answer(service):
+    """Python's requests and httpx's post send the whole body before reading a byte: the
+    answers, more than the sockets' buffers hold, wait in the service for them."""
+    url, _ = service
+    line = json.dumps(records(1)[0]).encode() + b"\n"
+    n = 100_000  # 12 MiB in, 9 MiB of answers out
+    answer = httpx.post(f"{url}/v1/score/stream", content=line * n, timeout=60,
+                        headers={"Content-Type": "application/x-ndjson"})  # fmt: skip
+    assert answer.status_code == 200
+    lines = answer.text.splitlines()
+    assert len(lines) == n and json.loads(lines[-1])["line"] == n - 1
+    assert all('"error"' not in x for x in lines[:: n // 100])

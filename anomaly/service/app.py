@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import anomaly
@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_token is not None:
         app.add_middleware(TokenGuard, token=settings.api_token.get_secret_value())
-    app.add_middleware(RequestMetrics, routes=[*scoring.routes, *operations.routes])
+    # The API's description (/docs, /openapi.json...) is FastAPI's own routes.
+    described = [route for route in app.routes if isinstance(route, Route)]
+    app.add_middleware(RequestMetrics, routes=[*described, *scoring.routes, *operations.routes])
     return app
 
 
@@ -150,9 +152,18 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == STREAM_PATH:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding != b"identity":  # else read as text, its bytes named as bad JSON or CSV
+            shown = encoding.decode("latin-1")
+            detail = f"compressed bodies ({shown}) are not read: send the body uncompressed"
+            response = JSONResponse({"detail": detail}, status_code=415)
+            return await response(scope, _no_receive, send)
+        if scope["path"] == STREAM_PATH:
+            return await self.app(scope, receive, send)
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await _too_large(self.max_bytes, send)
         # Read the body here (every endpoint but the stream reads it whole anyway), counting

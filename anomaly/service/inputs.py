@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from anomaly.data.tabular import TabularSchema, read_csv
 from anomaly.detector import Detector
 from anomaly.errors import InputError
+from anomaly.service.schemas import PointsRequest
 
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -43,6 +46,16 @@ def parse_records(body: bytes) -> list[dict[str, Any]]:
         if not isinstance(record, dict):
             raise RecordError(f"record {i}: expected an object (column name to value)", row=i)
     return records
+
+
+def parse_points_body(body: bytes) -> list[dict[str, Any]]:
+    """The points of a stream's body, ``{"points": [{...}, ...]}``, read as every body here
+    is (any content type; bad JSON named), then checked as :class:`PointsRequest` says."""
+    try:
+        return PointsRequest.model_validate(_loads(body)).points
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def records_to_columns(detector: Detector, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:

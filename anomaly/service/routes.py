@@ -22,6 +22,7 @@ from anomaly.service.inputs import (
     lines_to_columns,
     parse_invocations,
     parse_line,
+    parse_points_body,
     parse_records,
     records_to_columns,
 )
@@ -29,6 +30,7 @@ from anomaly.service.model import ServedModel
 from anomaly.service.schemas import (
     ErrorResponse,
     ImageResponse,
+    MlflowError,
     ModelInfo,
     PointsRequest,
     PointsResponse,
@@ -148,12 +150,16 @@ async def score(request: Request, served: TableModel) -> Response:
         "threshold": float(served.detector.threshold_),
         "results": _results(result),
     }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return _json(payload)
 
 
 @scoring.post(
     "/invocations",
-    responses=_ERRORS,
+    # MLflow's error shape and status for bad input, as `mlflow models serve` answers
+    responses={
+        **{code: answer for code, answer in _ERRORS.items() if code != 422},
+        400: {"model": MlflowError, "description": "Bad input: names the column and row"},
+    },
     summary="MLflow's scoring protocol",
     openapi_extra=_raw_body({"application/json": "object", "text/csv": "string"}),
 )
@@ -181,7 +187,12 @@ async def invocations(request: Request, served: Model) -> Response:
             served.record(scores, flagged)
         else:  # point scores are counted; the drift window holds window scores (streams)
             metrics.observe_scores(scores, flagged)
-    predictions = out.astype(object).where(out.notna(), None).to_dict(orient="records")
+    values = out.astype(object)
+    for name in out.columns[out.dtypes == np.float32]:  # the scores
+        # as the float64s their own shortest digits read as, since to_dict makes Python floats
+        # of float32s: written as `anomaly score` writes them (see _json)
+        values[name] = out[name].to_numpy().astype(str).astype(np.float64)
+    predictions = values.where(out.notna(), None).to_dict(orient="records")
     try:
         body = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:  # an int past 64 bits, or deep nesting, in a column passed through
@@ -206,29 +217,66 @@ def _nulls_for_nan(value: Any) -> Any:
 
 @scoring.post(
     "/v1/score/stream",
-    responses=_ERRORS,
     summary="Score an NDJSON stream",
     openapi_extra=_raw_body({"application/x-ndjson": "string"}),
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "description": "A result per line, in input order",
+        },
+        **_ERRORS,
+    },
 )
 async def score_stream(request: Request) -> DuplexStreamingResponse:
     """A record per line in, a result per line out (``{"line": i, ...}``, or ``{"line": i,
     "error": ...}`` for a bad line), scored in micro-batches as lines arrive."""
     _model_of_kind(request, "tabular")  # 503 or 409 before the stream starts
     settings = request.app.state.settings
+    parts = _stream_parts(request, settings.stream_batch_lines, settings.max_line_bytes)
     return DuplexStreamingResponse(
-        _stream_results(request, settings.stream_batch_lines, settings.max_line_bytes),
-        media_type="application/x-ndjson",
+        _held_for_the_client(parts, settings.max_body_bytes), media_type="application/x-ndjson"
     )
 
 
-async def _stream_results(
-    request: Request, batch_lines: int, max_line: int
-) -> AsyncIterator[bytes]:
+async def _held_for_the_client(parts: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    """``parts``, read and scored ahead of the client's reading, up to ``limit`` bytes.
+
+    Many clients (Python's requests, httpx's ``post``) read the answer only once their upload
+    is done. Were the body read only as fast as the answer is taken, such a client would fill
+    the socket buffers and wait on the service as the service waits on it, for good. Answers
+    wait here instead, up to ``limit`` bytes; past that the service reads on as the client
+    reads (a client that reads while it sends, as curl does, is never held up).
+    """
+    waiting: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+    room = asyncio.Event()
+    held = 0
+
+    async def read_ahead() -> None:
+        nonlocal held
+        try:
+            async for part in parts:
+                waiting.put_nowait(part)
+                held += len(part)
+                while held > limit:
+                    room.clear()
+                    await room.wait()
+        except ClientDisconnect:
+            pass
+        except Exception as exc:  # raised again below, where the answer is written
+            waiting.put_nowait(exc)
+        waiting.put_nowait(None)
+
+    reader = asyncio.create_task(read_ahead())
     try:
-        async for part in _stream_parts(request, batch_lines, max_line):
+        while (part := await waiting.get()) is not None:
+            if isinstance(part, BaseException):
+                raise part
+            held -= len(part)
+            room.set()
             yield part
-    except ClientDisconnect:
-        return
+    finally:
+        reader.cancel()
 
 
 async def _stream_parts(request: Request, batch_lines: int, max_line: int) -> AsyncIterator[bytes]:
@@ -286,9 +334,15 @@ async def _score_lines(request: Request, lines: list[bytes], first: int, max_lin
     response_model=PointsResponse,
     responses=_ERRORS,
     summary="Score a time series point by point",
+    # Read as /v1/score's body is (bad JSON is a 422 naming the problem); documented as it is.
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": PointsRequest.model_json_schema()}},
+            "required": True,
+        }
+    },
 )
 async def stream_points(
-    body: PointsRequest,
     request: Request,
     served: SequenceModel,
     stream_id: Annotated[str, Path(min_length=1, max_length=200)],
@@ -296,10 +350,11 @@ async def stream_points(
     """Append points to the stream's window buffer; each point gets the score of the window
     ending at it once the window is full (null before, with a reason). See
     :mod:`anomaly.streams` for ordering, missing values, gaps and where buffers live."""
-    _check_count(request, len(body.points))
+    points = parse_points_body(await request.body())
+    _check_count(request, len(points))
     _check_utf8_path(request, "stream_id")
     detector = served.detector
-    times, values = parse_points(detector, body.points)
+    times, values = parse_points(detector, points)
     streams = request.app.state.streams
     try:
         pushed = await asyncio.to_thread(streams.update, stream_id, detector, times, values)
@@ -308,12 +363,12 @@ async def stream_points(
     result = await asyncio.to_thread(detector.score_windows, pushed.windows)
     served.record(result["anomaly_score"], result["is_anomaly"])
     results = []
-    for point, row, reason in zip(body.points, pushed.row, pushed.reasons, strict=True):
+    for point, row, reason in zip(points, pushed.row, pushed.reasons, strict=True):
         scored = row >= 0
         results.append(
             {
                 "timestamp": point[detector.schema_.timestamp],
-                "anomaly_score": float(result["anomaly_score"][row]) if scored else None,
+                "anomaly_score": result["anomaly_score"][row] if scored else None,
                 "is_anomaly": bool(result["is_anomaly"][row]) if scored else None,
                 "p_value": float(result["p_value"][row]) if scored else None,
                 "reason": reason,
@@ -325,7 +380,7 @@ async def stream_points(
         "stream_id": stream_id,
         "results": results,
     }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return _json(payload)
 
 
 def _check_utf8_path(request: Request, name: str) -> None:
@@ -361,10 +416,11 @@ async def score_images(
     frame, amaps = await asyncio.to_thread(detector.score_with_maps, images, names, maps=maps)
     served.record(frame["anomaly_score"].to_numpy(), frame["is_anomaly"].to_numpy())
     results = []
+    scores = frame["anomaly_score"].to_numpy()
     for i, row in enumerate(frame.itertuples(index=False)):
         item = {
             "name": row.path,
-            "anomaly_score": float(row.anomaly_score),
+            "anomaly_score": scores[i],
             "is_anomaly": bool(row.is_anomaly),
             "p_value": float(row.p_value),
         }
@@ -376,7 +432,7 @@ async def score_images(
         "threshold": float(detector.threshold_),
         "results": results,
     }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return _json(payload)
 
 
 def _overlay_png(image: np.ndarray, amap: np.ndarray, vmax: float) -> str:
@@ -392,11 +448,15 @@ def _overlay_png(image: np.ndarray, amap: np.ndarray, vmax: float) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+# HEAD too, as monitors often probe with it (left out of the API's description, as FastAPI
+# would give the two methods one operation id).
+@operations.head("/healthz", include_in_schema=False)
 @operations.get("/healthz", summary="Liveness")
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
+@operations.head("/readyz", include_in_schema=False)
 @operations.get("/readyz", summary="Readiness: a model is loaded", responses={503: _ERRORS[503]})
 async def readyz(request: Request) -> dict:
     served = _served(request)
@@ -441,8 +501,15 @@ async def prometheus_metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
+def _json(payload: dict) -> Response:
+    # Scores as numpy's float32: written in their own shortest digits, as `anomaly score`
+    # writes them (as float64, 14.2405205 would read 14.240520477294922).
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json")  # fmt: skip
+
+
 def _results(result: dict) -> list[dict]:
-    scores = result["anomaly_score"].astype(np.float64).tolist()
+    scores = list(result["anomaly_score"])  # numpy's float32s
     flags = result["is_anomaly"].tolist()
     p_values = result["p_value"].tolist()
     top = [text.split(";") for text in result["top_features"].to_pylist()]
@@ -453,4 +520,4 @@ def _results(result: dict) -> list[dict]:
 
 
 def _line(item: dict) -> bytes:
-    return orjson.dumps(item) + b"\n"
+    return orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"

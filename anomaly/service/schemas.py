@@ -113,3 +113,10 @@ class ErrorItem(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: list[ErrorItem] | str
+
+
+class MlflowError(BaseModel):
+    """How ``/invocations`` answers bad input: MLflow's shape, as its clients expect."""
+
+    error_code: str = Field(examples=["BAD_REQUEST"])
+    message: str = Field(description="What is wrong, naming the column and row")
