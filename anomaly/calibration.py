@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = ("quantile", "evt")
 EVT_MIN_SCORES = 100  # fewer leave too few peaks above the tail level to fit
+EVT_MIN_PEAKS = 10  # scores above the tail level the fit needs (ties can leave fewer)
 
 
 def conformal_rank(n: int, target_fpr: float) -> int:
@@ -101,13 +102,19 @@ class Calibrator:
         n = len(self.scores_)
         rank = conformal_rank(n, self.target_fpr)
         if rank > n:
+            evt = Calibrator(target_fpr=self.target_fpr, method="evt")
+            try:
+                evt.check(n)
+                advice = " The evt threshold (--threshold evt) reaches small rates."
+            except InputError:
+                advice = ""
             log.warning(
                 "%d calibration rows cannot support a %.4g false-positive rate (needs %.4g); "
-                "the threshold is the largest calibration score. Use method='evt' for small "
-                "rates.",
+                "the threshold is the largest calibration score.%s",
                 n,
                 self.target_fpr,
                 math.ceil(1 / self.target_fpr) - 1,
+                advice,
             )
             rank = n
         return float(self.scores_[rank - 1])
@@ -115,20 +122,36 @@ class Calibrator:
     def _evt(self) -> float:
         import libspot  # only this rule needs it
 
-        spot = libspot.Spot(q=self.target_fpr, level=self.evt_level, max_excess=len(self.scores_))
+        scores, n, q = self.scores_, len(self.scores_), self.target_fpr
+        # Fitted in standard units: libspot's fit depends on the scores' scale (on scores
+        # near 1e-10 it found no tail at all), where the tail's law does not.
+        center, spread = float(np.median(scores)), float(np.std(scores))
+        if not spread > 0 or not math.isfinite(spread):
+            raise InputError("the calibration scores are all alike: no tail to fit; use 'quantile'")
+        spot = libspot.Spot(q=q, level=self.evt_level, max_excess=n)
         try:
-            spot.fit(self.scores_)
-        except RuntimeError as exc:  # e.g. scores that are all alike leave no tail to fit
+            spot.fit((scores - center) / spread)
+        except RuntimeError as exc:
             raise InputError(
                 f"the evt tail fit failed on these calibration scores ({exc}); use 'quantile'"
             ) from None
+        tail_level = center + spread * float(spot.excess_threshold)
         self.evt_ = {
-            "excess_threshold": float(spot.excess_threshold),
+            "excess_threshold": tail_level,
             "gamma": float(spot.gamma),
-            "sigma": float(spot.sigma),
+            "sigma": spread * float(spot.sigma),
         }
-        threshold = float(spot.anomaly_threshold)
-        if not math.isfinite(threshold):
+        threshold = center + spread * float(spot.anomaly_threshold)
+        peaks = int(np.sum(scores > tail_level))
+        # With fewer peaks than q * n the formula reaches below its own tail (below zero,
+        # flagging every row, on scores with many ties).
+        if peaks < max(EVT_MIN_PEAKS, q * n) or not threshold > tail_level:
+            raise InputError(
+                f"the evt tail fit has {peaks} of {n} calibration scores above its tail level "
+                f"({tail_level:.4g}); it needs at least {EVT_MIN_PEAKS}, and more than the "
+                f"{q * n:.3g} a {q:g} rate flags (many tied scores?); use 'quantile'"
+            )
+        if not self.evt_["sigma"] > 0 or not math.isfinite(threshold):
             raise InputError("the evt tail fit failed on these calibration scores; use 'quantile'")
         return threshold
 

@@ -25,11 +25,12 @@ def test_p_values_follow_the_formula():
     assert p.tolist() == [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5]
 
 
-def test_flagged_rows_have_small_p_values():
+def test_flagged_rows_are_those_of_p_values_at_most_the_target():
     rng = np.random.default_rng(1)
-    cal = Calibrator(target_fpr=0.05).fit(rng.standard_normal(999))
-    new = rng.standard_normal(10_000) * 2
-    assert (cal.p_values(new)[cal.flag(new)] <= 0.05).all()
+    for n, alpha in ((999, 0.05), (99, 0.01), (19, 0.05), (400, 0.01)):  # n >= (1 - a) / a
+        cal = Calibrator(target_fpr=alpha).fit(rng.standard_normal(n))
+        new = np.r_[rng.standard_normal(10_000) * 2, cal.scores_]  # ties with each score too
+        np.testing.assert_array_equal(cal.flag(new), cal.p_values(new) <= alpha)
 
 
 def test_too_small_a_calibration_set_falls_back_to_the_maximum(caplog):
@@ -66,8 +67,36 @@ def test_evt_settings_it_cannot_meet_are_input_errors_not_libspots():
         Calibrator(method="evt", target_fpr=0.1).fit(np.arange(500.0))
     with pytest.raises(InputError, match=r"evt_level must be in \(0, 1\), got 1\.0"):
         Calibrator(method="evt", evt_level=1.0).fit(np.arange(500.0))
-    with pytest.raises(InputError, match="the evt tail fit failed on these calibration scores"):
-        Calibrator(method="evt", target_fpr=0.01).fit(np.ones(500))  # all alike: no tail
+    with pytest.raises(InputError, match="all alike: no tail to fit"):
+        Calibrator(method="evt", target_fpr=0.01).fit(np.ones(500))
+
+
+def test_evt_refuses_a_tail_too_thin_to_fit_rather_than_flag_every_row():
+    """Scores with many ties (repeated readings) leave a few peaks above the tail level; the
+    formula then reached below it, below zero, and flagged every row."""
+    tied = np.r_[np.zeros(196), [1.0, 2.0, 3.0, 4.0]]
+    with pytest.raises(InputError, match=r"has 4 of 200 calibration scores above its tail"):
+        Calibrator(target_fpr=0.05, method="evt").fit(tied)
+
+
+def test_evt_thresholds_follow_the_scores_scale():
+    """libspot's own fit found no tail on scores near 1e-10 (its threshold was then the 0.9
+    quantile, flagging 10%); in standard units the threshold scales with the scores."""
+    scores = np.random.default_rng(1).standard_exponential(1000)
+    unit = Calibrator(target_fpr=1e-4, method="evt").fit(scores)
+    assert unit.evt_["sigma"] > 0
+    for scale in (1e-10, 1e10):
+        scaled = Calibrator(target_fpr=1e-4, method="evt").fit(scores * scale)
+        assert scaled.threshold_ == pytest.approx(unit.threshold_ * scale, rel=1e-9)
+        assert scaled.evt_["sigma"] == pytest.approx(unit.evt_["sigma"] * scale, rel=1e-9)
+
+
+def test_the_small_set_warning_suggests_evt_only_where_it_can_run(caplog):
+    Calibrator(target_fpr=0.001).fit(np.arange(60.0))
+    assert "cannot support" in caplog.text and "evt" not in caplog.text
+    caplog.clear()
+    Calibrator(target_fpr=0.001).fit(np.arange(500.0))
+    assert "The evt threshold (--threshold evt) reaches small rates" in caplog.text
 
 
 def test_the_conformal_rank_is_not_one_too_high_by_rounding():
@@ -101,3 +130,14 @@ def test_score_drift_window_psi_and_ks():
     moved = drift.snapshot()
     assert moved["psi"] > 0.2 and moved["ks"] > 0.3 and moved["retrain_suggested"]
     assert moved["flag_rate"] == 1.0
+
+
+def test_evaluation_thresholds_count_rows_exactly_despite_float_rounding():
+    from anomaly.evaluation import _threshold_for_fpr, _threshold_for_recall
+
+    scores = np.arange(100.0)
+    # 0.07 * 100 is 7.000000000000001 and 0.29 * 100 28.999999999999996 in floats
+    assert (scores > _threshold_for_recall(scores, 0.07)).sum() == 7
+    assert (scores > _threshold_for_fpr(scores, 0.29)).sum() == 29
+    assert (scores > _threshold_for_recall(scores, 1.0)).sum() == 100
+    assert (scores > _threshold_for_fpr(scores, 0.0)).sum() == 0
