@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLD_METHODS = ("quantile", "evt")
 EVT_MIN_SCORES = 100  # fewer leave too few peaks above the tail level to fit
-EVT_MIN_PEAKS = 10  # scores above the tail level the fit needs (ties can leave fewer)
+EVT_MIN_PEAKS = 5  # scores above the tail level the fit needs (ties can leave fewer)
 
 
 def conformal_rank(n: int, target_fpr: float) -> int:
@@ -75,10 +75,13 @@ class Calibrator:
             return
         if not 0.0 < self.evt_level < 1.0:
             raise InputError(f"evt_level must be in (0, 1), got {self.evt_level}")
-        if self.target_fpr >= 1.0 - self.evt_level:
+        # Half the tail: nearer its level, a sample's tail may hold fewer scores than the rate
+        # flags, and the fit would reach below the level (refused after training).
+        reach = (1.0 - self.evt_level) / 2
+        if self.target_fpr >= reach:
             raise InputError(
                 f"the evt threshold fits the tail above the {self.evt_level:g} quantile of the "
-                f"calibration scores, so it reaches rates below {1.0 - self.evt_level:.4g}, not "
+                f"calibration scores, so it reaches rates below {reach:.4g}, not "
                 f"target_fpr {self.target_fpr}; use the quantile threshold"
             )
         if n_scores is not None and n_scores < EVT_MIN_SCORES:
@@ -143,13 +146,14 @@ class Calibrator:
         }
         threshold = center + spread * float(spot.anomaly_threshold)
         peaks = int(np.sum(scores > tail_level))
-        # With fewer peaks than q * n the formula reaches below its own tail (below zero,
-        # flagging every row, on scores with many ties).
-        if peaks < max(EVT_MIN_PEAKS, q * n) or not threshold > tail_level:
+        # With fewer peaks than the rate flags (q * n) the formula reaches below its own tail
+        # level: below zero, flagging every row, on scores with many ties.
+        if peaks < EVT_MIN_PEAKS or not threshold > tail_level:
+            tied = " (many scores are tied)" if len(np.unique(scores)) < n else ""
             raise InputError(
                 f"the evt tail fit has {peaks} of {n} calibration scores above its tail level "
-                f"({tail_level:.4g}); it needs at least {EVT_MIN_PEAKS}, and more than the "
-                f"{q * n:.3g} a {q:g} rate flags (many tied scores?); use 'quantile'"
+                f"({tail_level:.4g}){tied}: too few for a fit (at least {EVT_MIN_PEAKS}), or "
+                f"for a {q:g} rate to lie above it; use 'quantile'"
             )
         if not self.evt_["sigma"] > 0 or not math.isfinite(threshold):
             raise InputError("the evt tail fit failed on these calibration scores; use 'quantile'")

@@ -213,7 +213,7 @@ class Detector(AutoencoderDetector):
         :mod:`anomaly.training`). Save or register it from one process, the one whose
         ``anomaly.training.this_process().is_main`` is true.
         """
-        self._check_params()
+        self._check_before_training()
         X = _as_frame(X)
         if warm_start_from is None:
             schema = TabularSchema.infer(

@@ -113,7 +113,12 @@ class AutoencoderDetector:
         if self.seed >= 2**64:
             raise InputError(f"seed must be below 2**64, got {self.seed}")
         Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
-        training_device(self.device)  # an unknown or absent device is refused before any work
+
+    def _check_before_training(self) -> None:
+        """The settings, as a saved model's are checked when it loads, and the device to train
+        on (unknown, absent, or not this torchrun process's), before any work."""
+        self._check_params()
+        training_device(self.device)
 
     def _check_types(self) -> None:
         """Each number of its default's type: a whole number where things are counted (epochs,
@@ -243,7 +248,7 @@ class AutoencoderDetector:
         try:
             det = cls(**{**cls._saved_params(meta["params"]), "device": device})
             det.device_ = resolve_device(device)  # an absent device is the caller's error
-            try:  # the settings the model was trained with, checked as fit checks them
+            try:  # the settings the model was trained with (not where it trained)
                 det._check_params()
             except InputError as exc:
                 raise ModelFormatError(f"{Path(path) / META_FILE}: {exc}") from None

@@ -249,7 +249,7 @@ class ImageDetector(AutoencoderDetector):
         -------
         self
         """
-        self._check_params()
+        self._check_before_training()
         # First: a warm start from a model of another shape fails before any image is read.
         arch, module = self._initial_module(warm_start_from, self._architecture)
         x, _ = self._load(images)

@@ -238,7 +238,7 @@ def retrain(
 
     params = champion.get_params() | {"seed": seed, "progress": progress, "device": "auto"}
     if champion.kind == "sequence":  # the same value columns, whatever else the data holds
-        params["value_cols"] = list(champion.schema_.values)
+        params["value_cols"], params["exclude"] = list(champion.schema_.values), ()
     elif champion.kind == "tabular":  # the champion's columns, none it ignored or never saw
         reads = set(champion.schema_.names)
         params["exclude"] = [c for c in train_rows.columns if c not in reads]

@@ -196,7 +196,7 @@ class SequenceDetector(AutoencoderDetector):
         training starts from its weights, and both thresholds are calibrated anew on
         ``frame``'s calibration part.
         """
-        self._check_params()
+        self._check_before_training()
         frame = _as_frame(frame)
         if warm_start_from is None:
             schema = SequenceSchema.infer(

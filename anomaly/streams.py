@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from anomaly.data.tabular import to_numbers
+from anomaly.data.sequence import to_values
 from anomaly.errors import InputError
 
 
@@ -84,7 +84,7 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
         [{k: p.get(k) for k in (schema.timestamp, *schema.values)} for p in points]
     )
     times = schema.seconds(frame[schema.timestamp])
-    values = np.column_stack([to_numbers(frame[c], c) for c in schema.values])
+    values = np.column_stack([to_values(frame[c], c) for c in schema.values])
     return times, values
 
 

@@ -63,8 +63,8 @@ def test_bad_settings_and_empty_scores_are_refused():
 
 
 def test_evt_settings_it_cannot_meet_are_input_errors_not_libspots():
-    with pytest.raises(InputError, match=r"reaches rates below 0\.1, not target_fpr 0\.1"):
-        Calibrator(method="evt", target_fpr=0.1).fit(np.arange(500.0))
+    with pytest.raises(InputError, match=r"reaches rates below 0\.05, not target_fpr 0\.05"):
+        Calibrator(method="evt", target_fpr=0.05).fit(np.arange(500.0))
     with pytest.raises(InputError, match=r"evt_level must be in \(0, 1\), got 1\.0"):
         Calibrator(method="evt", evt_level=1.0).fit(np.arange(500.0))
     with pytest.raises(InputError, match="all alike: no tail to fit"):
@@ -74,9 +74,25 @@ def test_evt_settings_it_cannot_meet_are_input_errors_not_libspots():
 def test_evt_refuses_a_tail_too_thin_to_fit_rather_than_flag_every_row():
     """Scores with many ties (repeated readings) leave a few peaks above the tail level; the
     formula then reached below it, below zero, and flagged every row."""
-    tied = np.r_[np.zeros(196), [1.0, 2.0, 3.0, 4.0]]
+    few = np.r_[np.zeros(196), [1.0, 2.0, 3.0, 4.0]]  # too few peaks to fit
     with pytest.raises(InputError, match=r"has 4 of 200 calibration scores above its tail"):
-        Calibrator(target_fpr=0.05, method="evt").fit(tied)
+        Calibrator(target_fpr=0.01, method="evt").fit(few)
+    six = np.r_[np.zeros(194), np.arange(1.0, 7.0)]  # fewer than a 4% rate flags (8)
+    with pytest.raises(InputError, match=r"has 6 of 200 .*\(many scores are tied\)"):
+        Calibrator(target_fpr=0.04, method="evt").fit(six)
+    ten = np.r_[np.zeros(190), np.arange(1.0, 11.0)]
+    assert Calibrator(target_fpr=0.04, method="evt").fit(ten).threshold_ > 1.0
+
+
+def test_evt_fits_every_sample_of_the_fewest_scores_it_takes():
+    """Settings check() lets through before training are not refused after it on untied
+    scores: 100 calibration rows, rates up to its reach."""
+    rng = np.random.default_rng(0)
+    for draw in (rng.standard_exponential, rng.standard_normal, rng.lognormal):
+        for q in (0.001, 0.049):
+            for _ in range(50):
+                cal = Calibrator(target_fpr=q, method="evt").fit(draw(size=100))
+                assert cal.threshold_ > cal.evt_["excess_threshold"]
 
 
 def test_evt_thresholds_follow_the_scores_scale():

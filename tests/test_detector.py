@@ -307,7 +307,7 @@ def test_bad_parameters_are_refused_at_fit(normal_rows):
         ({"progress": "yes"}, "progress must be True or False, got 'yes'"),
         ({"validation_fraction": None}, "validation_fraction must be given, not None"),
         ({"hidden": "64,32"}, "hidden must be layer widths, e.g. \\(64, 32\\), not '64,32'"),
-        ({"threshold_method": "evt", "target_fpr": 0.2}, "reaches rates below 0.1"),
+        ({"threshold_method": "evt", "target_fpr": 0.2}, "reaches rates below 0.05"),
         ({"threshold_method": "evt"}, "the evt threshold needs at least 100 calibration rows"),
         ({"device": "tpu"}, "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
         ({"device": "cpu:abc"}, "unknown device 'cpu:abc'"),

@@ -432,22 +432,44 @@ def test_arrow_backed_frames_and_numbers_for_names_read_as_numpy_ones(fitted, te
     named = rows.set_axis(["timestamp", "host", 0, 1], axis=1)  # value as 0, flag as 1
     for frame in (named, named.convert_dtypes(dtype_backend="pyarrow")):
         det = SequenceDetector(series_col="host", window=8, epochs=1).fit(frame)
-        assert det.schema_.values == ("0",)  # true/false is no value, Arrow's or numpy's
+        assert det.schema_.values == ("0", "1")  # true/false too, Arrow's or numpy's
         assert det.score(frame)["anomaly_score"].notna().any()
 
 
-def test_true_and_false_are_no_values_in_any_form(fitted, test_rows, tmp_path):
-    """A file's "true" is refused as a value, so a DataFrame's True and JSON's true are too."""
+def test_true_and_false_are_one_and_zero_in_any_form(tmp_path):
+    """An on/off sensor reads alike from a DataFrame's bool, a file's "true" or "No", and a
+    stream's JSON true; anything else in it is refused, naming its row."""
     from anomaly.streams import parse_points
 
-    at_row_3 = test_rows.astype({"value": object})
-    at_row_3.iloc[3, at_row_3.columns.get_loc("value")] = True
-    with pytest.raises(InputError, match="column 'value', row 3: True is not a number"):
-        fitted.score(at_row_3)
-    point = {"timestamp": "2024-05-01T12:00:00Z", "value": True}
-    with pytest.raises(InputError, match="column 'value', row 0: True is not a number"):
-        parse_points(fitted, [point])
-    with pytest.raises(InputError, match="True is not a number"):
-        fitted.score(test_rows.assign(value=True))
-    with pytest.raises(InputError, match="column 'flag', row 0: True is not a number"):
-        SequenceDetector(value_cols=["flag"], series_col="host").fit(test_rows.assign(flag=True))
+    rows = make_metric_series(400, 1, seed=3).drop(columns="label").reset_index(drop=True)
+    rows["busy"] = rows["value"] > 0
+    det = SequenceDetector(series_col="host", window=8, epochs=1).fit(rows)
+    assert det.schema_.values == ("value", "busy")
+    expected = det.score(rows)["anomaly_score"]
+    words = rows.assign(busy=rows["busy"].map({True: "true", False: " No"}))
+    pd.testing.assert_series_equal(det.score(words)["anomaly_score"], expected)
+    words.to_csv(tmp_path / "in.csv", index=False)
+    score_csv(det, tmp_path / "in.csv", tmp_path / "out.csv", progress=False)
+    from_file = pd.read_csv(tmp_path / "out.csv")["anomaly_score"].to_numpy(np.float32)
+    np.testing.assert_array_equal(from_file, expected.to_numpy(np.float32))
+    fitted_on_words = SequenceDetector(series_col="host", window=8, epochs=1).fit(words)
+    assert fitted_on_words.schema_.values == ("value", "busy")
+    point = {"timestamp": "2030-01-01T00:00:00Z", "value": 0.5, "busy": True}
+    assert parse_points(det, [point])[1].tolist() == [[0.5, 1.0]]
+    maybe = words.copy()
+    maybe.iloc[3, maybe.columns.get_loc("busy")] = "maybe"
+    with pytest.raises(InputError, match="column 'busy', row 3: 'maybe' is not a number"):
+        det.score(maybe)
+
+
+def test_columns_named_by_numbers_are_named_by_them(train_rows):
+    """pd.DataFrame(array)'s columns 0, 1: value_cols=[0] and exclude=[1] name them, as a
+    table detector's exclude does; an exclude naming no column is refused, as there."""
+    wide = train_rows[["timestamp", "host", "value"]].assign(other=train_rows["value"] * 2)
+    wide.columns = ["timestamp", "host", 0, 1]
+    for params in ({"value_cols": [0]}, {"exclude": [1]}):
+        det = SequenceDetector(series_col="host", window=8, epochs=1, **params).fit(wide)
+        assert det.schema_.values == ("0",)
+        assert det.score(wide)["anomaly_score"].notna().any()
+    with pytest.raises(InputError, match="cannot exclude column '2': no such column"):
+        SequenceDetector(series_col="host", exclude=[2]).fit(wide)

@@ -163,6 +163,9 @@ def test_a_level_reads_alike_from_every_dtype_and_any_index():
     assert schema.coerce(mixed.assign(v=0.0))["code"].tolist() == [0, 3, -1, 1, 2]
     records = [{"code": 2.0, "v": 0.0}, {"code": "x", "v": 0.0}]
     assert schema.coerce_records(records)["code"].tolist() == [2, 3]
+    nested = pd.Series(["x", "x", "x", (1, 2)], dtype="category")  # a tuple: hashable
+    with pytest.raises(InputError, match=r"column 'code', row 13: \(1, 2\) is not a level"):
+        schema.coerce(pd.DataFrame({"code": nested, "v": [0.0] * 4}), row_offset=10)
     words = pd.Series(["x", "1", None, "y"], dtype="category")  # unused and unseen levels
     coded = schema.coerce(pd.DataFrame({"code": words, "v": [0.0] * 4}))["code"]
     assert coded.tolist() == [3, 0, -1, -1]
@@ -187,6 +190,10 @@ def test_numbers_held_as_objects_are_numbers_and_times_are_refused():
         with pytest.raises(InputError, match="'t' holds dates, times or durations; exclude"):
             TabularSchema.infer(pd.DataFrame({"t": values, "x": [1.0, 2.0, 3.0]}))
             pytest.fail(what)
+        # given for a numeric column when scoring: refused, naming the row, whichever dtype
+        given = pd.DataFrame({"amount": pd.Series(values), "n": [1.0, 2.0, 3.0]})
+        with pytest.raises(InputError, match=r"column 'amount', row 5: .* is not a number"):
+            schema.coerce(given, row_offset=5)
 
 
 def test_columns_named_by_numbers_are_excluded_by_them():

@@ -128,6 +128,8 @@ def test_torchrun_variables_matter_to_training_only(monkeypatch, fitted_ae, test
     monkeypatch.delenv("RANK")
     with pytest.raises(InputError, match="WORLD_SIZE is 2, but its RANK is not set"):
         this_process()
+    # a model loads and scores whatever torchrun's variables say: they are training's
+    np.testing.assert_array_equal(Detector.load(tmp_path / "m").score_samples(test_rows), scores)
 
 
 def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):

@@ -32,7 +32,13 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from anomaly.data.tabular import _refuse_first, mostly_numbers, to_numbers
+from anomaly.data.tabular import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    _refuse_first,
+    mostly_numbers,
+    to_numbers,
+)
 from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,15 @@ class SequenceSchema:
     ) -> SequenceSchema:
         """Learn the schema from normal rows: value columns default to the numeric ones, and
         date times are read in the one format they are written in."""
+        # Names as the frame's are (pd.DataFrame(array)'s 0 is "0"), as a table's schema has them.
+        timestamp, series = str(timestamp), None if series is None else str(series)
+        values = None if values is None else [str(name) for name in values]
+        exclude = [str(name) for name in exclude]
+        unknown = [name for name in exclude if name not in frame.columns]
+        if unknown:
+            raise InputError(
+                f"cannot exclude column {unknown[0]!r}: no such column", column=unknown[0]
+            )
         for name in (timestamp, series):
             if name is not None and name not in frame.columns:
                 raise InputError(f"column {name!r} is not in the data", column=name)
@@ -151,7 +166,7 @@ class SequenceSchema:
         times = self.seconds(frame[self.timestamp], row_offset)
         ids = self._series_ids(frame, row_offset)
         values = (
-            np.column_stack([to_numbers(frame[c], c, row_offset) for c in self.values])
+            np.column_stack([to_values(frame[c], c, row_offset) for c in self.values])
             if len(frame)
             else np.empty((0, len(self.values)))
         )
@@ -404,6 +419,42 @@ def _interpolate(block: np.ndarray, times: np.ndarray) -> int | None:
     return empty
 
 
+def to_values(column: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
+    """A value column as float64, NaN for missing: numbers, and true/false as 1/0 in any form
+    (a DataFrame's bool, JSON's true, a file's "true" or "no"), so that an on/off sensor reads
+    alike from every source. Anything else is an error naming the column and the first bad
+    row (``row_offset`` + position)."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    try:
+        return to_numbers(column, name, row_offset)
+    except InputError:
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            raise
+    # The slow path, for a column that holds true/false words (or bools among objects).
+    values = column.to_numpy(dtype=object)
+    truth = np.array([_truth(v) for v in values], dtype=np.float64)
+    spelled = ~np.isnan(truth)
+    rest = to_numbers(pd.Series(np.where(spelled, None, values), dtype=object), name, row_offset)
+    return np.where(spelled, truth, rest)
+
+
+def _truth(value: object) -> float:
+    """1 or 0 for true or false in any spelling a table's boolean column takes; else NaN."""
+    if isinstance(value, bool | np.bool_):
+        return float(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return 1.0 if word in TRUE_WORDS else 0.0 if word in FALSE_WORDS else np.nan
+    return np.nan
+
+
+def _all_true_or_false(column: pd.Series) -> bool:
+    """Whether a text column holds true/false words only (missing values aside)."""
+    words = column.dropna().astype(str).str.strip().str.lower()
+    return len(words) > 0 and bool(words.isin(TRUE_WORDS | FALSE_WORDS).all())
+
+
 def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
     """The value columns of ``frame`` by default: its columns of numbers but ``skip``.
 
@@ -415,15 +466,11 @@ def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:
         if name in skip:
             continue
         column = frame[name]
-        # true/false is no number here: a file's "true" is refused as a value, so a DataFrame's
-        # True is too (of numpy's, pandas' or Arrow's bool).
-        if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(
-            column.dtype
-        ):
-            values.append(str(name))
-        elif mostly_numbers(column):
-            to_numbers(column, str(name))  # refuses the first value that is not a number
-            values.append(str(name))  # numbers written as text: read as the values are
+        if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+            values.append(str(name))  # numpy's, pandas' or Arrow's numbers or true/false
+        elif mostly_numbers(column) or _all_true_or_false(column):
+            to_values(column, str(name))  # refuses the first value that is not a number
+            values.append(str(name))  # numbers (or true/false) written as text
         else:
             left_out.append(str(name))
     if left_out:

@@ -791,12 +791,7 @@ def _not_numbers(series: pd.Series) -> np.ndarray:
     """Which values of a column are true/false, dates or durations: numbers to numpy, not to
     a model's numeric column."""
     dtype = series.dtype
-    if (
-        pd.api.types.is_bool_dtype(dtype)
-        or pd.api.types.is_datetime64_any_dtype(dtype)
-        or pd.api.types.is_timedelta64_dtype(dtype)
-        or isinstance(dtype, pd.PeriodDtype)
-    ):
+    if pd.api.types.is_bool_dtype(dtype) or _holds_times(dtype):
         return series.notna().to_numpy()
     if not pd.api.types.is_object_dtype(dtype) or pd.api.types.infer_dtype(series, skipna=True) in (
         "string",
@@ -844,6 +839,9 @@ def _to_codes(
 ) -> np.ndarray:
     levels = pd.Index(list(categories), dtype=object)
     if isinstance(series.dtype, pd.CategoricalDtype):
+        if pd.api.types.is_object_dtype(series.cat.categories.dtype):
+            # a category may be anything (a tuple): checked per row, so errors name the row
+            return _to_codes(series.astype(object), name, categories, row_offset)
         # Each category read as a value of its own dtype would be, then looked up per row.
         of_category = _to_codes(pd.Series(series.cat.categories), name, categories, 0)
         return np.append(of_category, -1)[series.cat.codes.to_numpy()]

@@ -155,8 +155,8 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if encoding != b"identity":  # else read as text, its bytes named as bad JSON or CSV
+        encoding = headers.get(b"content-encoding", b"").strip().lower()
+        if encoding not in (b"", b"identity"):  # else its bytes would be named as bad JSON
             shown = encoding.decode("latin-1")
             detail = f"compressed bodies ({shown}) are not read: send the body uncompressed"
             response = JSONResponse({"detail": detail}, status_code=415)
