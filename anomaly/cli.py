@@ -295,11 +295,20 @@ def _report(detector, out, register, data: Path, frame=None, is_anomaly=None) ->
     unit = {"tabular": "rows", "sequence": "windows", "image": "images"}[detector.kind]
     target_fpr = detector.target_fpr
     processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
+    calibration = (
+        f"threshold {detector.threshold_:.6g} at target FPR {target_fpr} "
+        f"from {summary['n_calibration']} calibration {unit}"
+    )
+    if detector.kind == "sequence":  # points and streams' windows: a threshold each
+        calibration = (
+            f"thresholds at target FPR {target_fpr}: {detector.threshold_:.6g} for points (from "
+            f"{len(detector.calibrator_.scores_)} calibration points), "
+            f"{detector.window_calibrator_.threshold_:.6g} for windows, as streams flag them "
+            f"(from {summary['n_calibration']})"
+        )
     typer.echo(
         f"trained {detector.model} on {summary['n_train']} {unit} ({summary['epochs_run']} "
-        f"epochs, {summary['device']}{processes}); threshold {detector.threshold_:.6g} at "
-        f"target FPR {target_fpr} "
-        f"from {summary['n_calibration']} calibration {unit}"
+        f"epochs, {summary['device']}{processes}); {calibration}"
     )
     if out is not None:
         detector.save(out)
@@ -431,6 +440,7 @@ def serve(
     import contextlib
     import tempfile
 
+    import pydantic
     import uvicorn
 
     from anomaly import registry
@@ -441,7 +451,13 @@ def serve(
     os.environ["ANOMALY_MODEL_URI"] = model
     if reload_interval is not None:
         os.environ["ANOMALY_RELOAD_INTERVAL"] = str(reload_interval)
-    settings = Settings()  # bad settings fail here, once, not in every worker
+    try:  # bad settings fail here, once, not in every worker
+        settings = Settings()
+    except pydantic.ValidationError as exc:  # named as the environment names them
+        problems = "; ".join(
+            f"ANOMALY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise AnomalyError(f"bad service settings: {problems}") from None
     ref = registry.resolve(model)  # so does a bad URI; the download lands in the cache
     if workers > 1 and not settings.stream_redis_url and read_kind(ref.path) == "sequence":
         raise AnomalyError(

@@ -18,6 +18,8 @@ TRY_LATER = 75  # EX_TEMPFAIL: the registry or the network failing, a promotion 
 def exit_code(exc: BaseException) -> int:
     """:data:`TRY_LATER` for an error that may pass if the command runs again later, else
     :data:`BAD_INPUT`."""
+    if isinstance(exc, BrokenPipeError):  # the reader left (`| head`): no server to wait for
+        return BAD_INPUT
     if isinstance(exc, RegistryUnavailable | PromotionLocked | ConnectionError | TimeoutError):
         return TRY_LATER
     requests = sys.modules.get("requests")  # MLflow's HTTP client raises its own kinds

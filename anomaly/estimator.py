@@ -118,6 +118,9 @@ class AutoencoderDetector:
         """The settings, as a saved model's are checked when it loads, and the device to train
         on (unknown, absent, or not this torchrun process's), before any work."""
         self._check_params()
+        # (not at load: models saved before this check took the setting and ignored it)
+        if self.n_samples > 0 and self.model != "vae":
+            raise InputError(f"n_samples (posterior draws) needs model='vae', not {self.model!r}")
         training_device(self.device)
 
     def _check_types(self) -> None:

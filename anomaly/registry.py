@@ -138,7 +138,7 @@ def _local_model_dir(path: Path) -> Path:
     if not path.exists():
         raise RegistryError(
             f"no model at {path}: give a model directory, models:/NAME@ALIAS, "
-            "models:/NAME/VERSION or runs:/RUN_ID/PATH"
+            "models:/NAME/VERSION, models:/MODEL_ID or runs:/RUN_ID/PATH"
         )
     raise RegistryError(f"{path} is neither a model directory nor an MLflow model")
 

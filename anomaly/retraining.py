@@ -212,6 +212,12 @@ def retrain(
             missing = [c for c in champion.schema_.names if c not in anomalies.columns]
             if missing:
                 raise InputError(f"anomalies: missing column {missing[0]!r}", column=missing[0])
+            unknown = compare_schema(champion, anomalies).added
+            if unknown:  # a labelled file given whole: its normal rows would count as anomalies
+                log.warning(
+                    "anomalies: every row counts as an anomaly; the model does not read %s",
+                    ", ".join(map(repr, unknown)),
+                )
     if champion.kind == "sequence":  # a bad value named by its row in the data, not the part
         try:
             champion.schema_.parse(new_data)
@@ -276,6 +282,12 @@ def retrain(
     reasons = failures + passes
     if anomalies is None:
         reasons.append("no labelled anomalies given: detection quality was not compared")
+    if "challenger_score_shift_ks" in figures:  # no rule: how far new data moved the scores
+        reasons.append(
+            "reported: score shift (KS between calibration and holdout scores): champion "
+            f"{figures['champion_score_shift_ks']:.4f}, challenger "
+            f"{figures['challenger_score_shift_ks']:.4f}"
+        )
     try:
         registry.log_gate(
             logged.run_id,

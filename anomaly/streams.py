@@ -69,7 +69,16 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
     schema = detector.schema_
     if not points:
         return np.empty(0), np.empty((0, len(schema.values)))
+    # As /v1/score refuses a field no model column has: a typo ("valeu") would be ignored and
+    # the value it meant taken as missing. Columns seen at fit and not read (a label, the
+    # series id) may come along.
+    known = {schema.timestamp, *schema.values, *schema.ignored} | {schema.series} - {None}
     for i, point in enumerate(points):
+        unknown = next((name for name in point if name not in known), None)
+        if unknown is not None:
+            reads = ", ".join(map(repr, (schema.timestamp, *schema.values)))
+            raise InputError(f"point {i}: unknown field {unknown!r} (the model reads {reads})",
+                             column=str(unknown), row=i)  # fmt: skip
         for name in (schema.timestamp, *schema.values):
             if name not in point:
                 raise InputError(f"point {i}: missing field {name!r}", column=name, row=i)
@@ -135,8 +144,9 @@ def push(
         if missing.any():
             if not kept_values:
                 name = schema.values[int(np.flatnonzero(missing)[0])]
+                since = " since the gap before it" if reason else ""
                 raise InputError(
-                    f"point {i}: {name!r} is missing and the stream has no earlier value",
+                    f"point {i}: {name!r} is missing and the stream has no earlier value{since}",
                     column=name,
                     row=i,
                 )

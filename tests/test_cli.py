@@ -282,3 +282,25 @@ def test_truncated_weights_are_one_line_naming_the_file(tmp_path):
     assert done.exit_code == 2 and isinstance(done.exception, SystemExit)
     assert done.stderr.startswith(f"error: {weights} is not a valid safetensors file")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_gone_is_no_reason_to_try_again():
+    """`anomaly evaluate ... | head -1`: BrokenPipeError is a ConnectionError, but no server is
+    to be waited for; a scheduler would retry a 75."""
+    from anomaly.errors import BAD_INPUT, TRY_LATER, exit_code
+
+    assert exit_code(BrokenPipeError(32, "Broken pipe")) == BAD_INPUT
+    assert exit_code(ConnectionRefusedError(111, "Connection refused")) == TRY_LATER
+
+
+def test_a_bad_service_setting_is_named_as_the_environment_names_it(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from anomaly.cli import app
+
+    monkeypatch.setenv("ANOMALY_MAX_RECORDS", "abc")
+    done = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "m")])
+    assert done.exit_code == 2
+    assert "bad service settings: ANOMALY_MAX_RECORDS: Input should be a valid integer" in (
+        " ".join(done.output.split())
+    )

@@ -309,6 +309,7 @@ def test_bad_parameters_are_refused_at_fit(normal_rows):
         ({"hidden": "64,32"}, "hidden must be layer widths, e.g. \\(64, 32\\), not '64,32'"),
         ({"threshold_method": "evt", "target_fpr": 0.2}, "reaches rates below 0.05"),
         ({"threshold_method": "evt"}, "the evt threshold needs at least 100 calibration rows"),
+        ({"model": "ae", "n_samples": 4}, r"n_samples \(posterior draws\) needs model='vae'"),
         ({"device": "tpu"}, "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
         ({"device": "cpu:abc"}, "unknown device 'cpu:abc'"),
     ],

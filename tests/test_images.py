@@ -172,8 +172,9 @@ def test_errors_name_the_file(tmp_path):
     nan[2, 1, 1] = np.nan
     with pytest.raises(InputError, match="image 2 holds non-finite values"):
         load_images(nan, size=4)
-    with pytest.raises(InputError, match=r"upload\.jpg: not a readable PNG or JPEG"):
+    with pytest.raises(InputError, match=r"upload\.jpg: not a readable PNG or JPEG") as caught:
         decode_image(b"GIF89a...", 8, name="upload.jpg")
+    assert str(caught.value).endswith("image (no PNG or JPEG header)")  # no <_io.BytesIO ...>
 
 
 def test_skipped_files_are_a_warning_naming_some(tmp_path, caplog):

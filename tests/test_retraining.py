@@ -96,11 +96,16 @@ def test_a_challenger_trained_on_anomalies_is_refused(champion):
     assert MlflowClient().get_run(result.run_id).data.tags["anomaly.gate"] == "kept"
 
 
-def test_a_barely_trained_challenger_is_refused(champion):
+def test_a_barely_trained_challenger_is_refused(champion, caplog):
     new = make_service_metrics(3000, seed=15)
-    result = retrain(champion, new, anomalies=anomalies_only(300, 16), epochs=1,
+    labelled = anomalies_only(300, 16).assign(is_fraud=1)  # a column the model does not read
+    result = retrain(champion, new, anomalies=labelled, epochs=1,
                      rules=GateRules(max_auroc_drop=0.005))  # fmt: skip
     assert not result.promoted, result.figures
+    # said, as a labelled file given whole would count its normal rows as anomalies
+    assert "every row counts as an anomaly; the model does not read 'is_fraud'" in caplog.text
+    shift = f"champion {result.figures['champion_score_shift_ks']:.4f}, challenger"
+    assert any(r.startswith("reported: score shift") and shift in r for r in result.reasons)
     assert aliases(champion)["champion"] == "1"
 
 

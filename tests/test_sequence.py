@@ -412,6 +412,13 @@ def test_the_cli_trains_on_epoch_seconds_and_counts_the_rows_it_cannot_score(tmp
     assert done.exit_code == 0, done.output
     meta = json.loads((tmp_path / "m" / "detector.json").read_text())
     assert meta["schema"]["timestamp_kind"] == "number" and meta["schema"]["step"] == 60.0
+    point, window = meta["calibration"]["point"], meta["calibration"]["window"]
+    said = (  # each threshold with its own count: points and windows differ
+        f"{point['threshold']:.6g} for points (from {point['n_calibration']} calibration "
+        f"points), {window['threshold']:.6g} for windows, as streams flag them (from "
+        f"{window['n_calibration']})"
+    )
+    assert said in " ".join(done.output.split())
     lines = (tmp_path / "epoch.csv").read_text().splitlines()
     later = [f"{int(line.split(',')[0]) + 86400},{line.split(',', 1)[1]}" for line in lines[1:6]]
     (tmp_path / "new.csv").write_text("\n".join([*lines, *later]) + "\n")

@@ -114,6 +114,11 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
         assert answer.status_code == 422 and "'timestamp' is true, not a time" in answer.text
         answer = client.post(url, json={"points": [{**first[0], "value": "maybe"}]})
         assert answer.json()["detail"][0]["loc"] == ["body", "points", 0, "value"]
+        answer = client.post(url, json={"points": [{**first[0], "valeu": 1.0}]})  # a typo
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["msg"] == (
+            "point 0: unknown field 'valeu' (the model reads 'timestamp', 'value')"
+        )
         # a body JSON cannot read is named as /v1/score names it, in the same shape
         for body, problem in ((b'{"points": [{"value": 1' + b"9" * 5000 + b"}]}", "too long"),
                               (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
@@ -139,6 +144,9 @@ def test_bad_points_are_refused_whole_and_leave_the_stream_as_it_was(model_dir, 
         later = {"timestamp": "2024-03-01T00:00:00Z", "value": 0.1}
         reason = client.post(url, json={"points": [later]}).json()["results"][0]["reason"]
         assert reason == "a gap in time: the window restarts"
+        after_gap = {"timestamp": "2024-04-01T00:00:00Z", "value": None}  # none since the gap
+        answer = client.post(url, json={"points": [after_gap]})
+        assert "has no earlier value since the gap before it" in answer.text
         # a table endpoint says which endpoint this model takes
         answer = client.post("/v1/score", json={"records": [{"value": 1.0}]})
         assert answer.status_code == 409 and "/v1/streams/" in answer.text

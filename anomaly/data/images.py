@@ -496,7 +496,10 @@ def _read_picture(fh: BinaryIO, where: str, out: np.ndarray, size: tuple[int, in
     ) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"{where}: not a readable PNG or JPEG image ({exc})") from None
+        # Pillow names what it read from by its repr (<_io.BytesIO object at 0x7f...>):
+        # said once, by ``where``, instead.
+        reason = "no PNG or JPEG header" if isinstance(exc, UnidentifiedImageError) else exc
+        raise InputError(f"{where}: not a readable PNG or JPEG image ({reason})") from None
     _convert(pixels[None], out, size)
 
 
