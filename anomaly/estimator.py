@@ -112,14 +112,15 @@ class AutoencoderDetector:
                 raise InputError(f"{name} must be {rule}, got {value}")
         if self.seed >= 2**64:
             raise InputError(f"seed must be below 2**64, got {self.seed}")
-        Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
 
     def _check_before_training(self) -> None:
-        """The settings, as a saved model's are checked when it loads, and the device to train
-        on (unknown, absent, or not this torchrun process's), before any work."""
+        """The settings, as a saved model's are checked when it loads; then what only training
+        needs: a threshold rule it can fit, and the device to train on (unknown, absent, or
+        not this torchrun process's). Not at load: a saved model's threshold is fitted, and
+        older models took settings these checks now refuse."""
         self._check_params()
-        # (not at load: models saved before this check took the setting and ignored it)
-        if self.n_samples > 0 and self.model != "vae":
+        Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
+        if self.n_samples > 0 and self.model != "vae":  # taken and unused, before this check
             raise InputError(f"n_samples (posterior draws) needs model='vae', not {self.model!r}")
         training_device(self.device)
 

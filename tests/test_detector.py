@@ -184,6 +184,25 @@ def test_an_edited_or_damaged_json_is_one_model_format_error(fitted_ae, tmp_path
         Detector.load(tmp_path / "m")
 
 
+def test_settings_refused_at_fit_since_a_model_was_saved_do_not_stop_it_loading(
+    fitted_ae, test_rows, tmp_path
+):
+    """An evt rate past today's reach, posterior draws on an AE: taken at fit before, and the
+    saved threshold is fitted already."""
+    import json
+
+    fitted_ae.save(tmp_path / "m")
+    meta_file = tmp_path / "m" / "detector.json"
+    meta = json.loads(meta_file.read_text())
+    meta["params"] |= {"threshold_method": "evt", "target_fpr": 0.06, "n_samples": 4}
+    meta_file.write_text(json.dumps(meta))
+    loaded = Detector.load(tmp_path / "m")
+    expected = fitted_ae.score_samples(test_rows)
+    np.testing.assert_array_equal(loaded.score_samples(test_rows), expected)
+    with pytest.raises(InputError, match=r"reaches rates below 0\.05"):
+        loaded.fit(test_rows.head(200))  # refitting checks them, as any fit does
+
+
 def test_without_validation_rows_the_saved_json_is_strict_json(normal_rows, tmp_path):
     import json
 
