@@ -75,9 +75,7 @@ class Calibrator:
             return
         if not 0.0 < self.evt_level < 1.0:
             raise InputError(f"evt_level must be in (0, 1), got {self.evt_level}")
-        # Half the tail: nearer its level, a sample's tail may hold fewer scores than the rate
-        # flags, and the fit would reach below the level (refused after training).
-        reach = (1.0 - self.evt_level) / 2
+        reach = 1.0 - self.evt_level
         if self.target_fpr >= reach:
             raise InputError(
                 f"the evt threshold fits the tail above the {self.evt_level:g} quantile of the "

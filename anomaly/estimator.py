@@ -116,12 +116,9 @@ class AutoencoderDetector:
     def _check_before_training(self) -> None:
         """The settings, as a saved model's are checked when it loads; then what only training
         needs: a threshold rule it can fit, and the device to train on (unknown, absent, or
-        not this torchrun process's). Not at load: a saved model's threshold is fitted, and
-        older models took settings these checks now refuse."""
+        not this torchrun process's). Not at load: a saved model's threshold is fitted."""
         self._check_params()
         Calibrator(target_fpr=self.target_fpr, method=self.threshold_method).check()
-        if self.n_samples > 0 and self.model != "vae":  # taken and unused, before this check
-            raise InputError(f"n_samples (posterior draws) needs model='vae', not {self.model!r}")
         training_device(self.device)
 
     def _check_types(self) -> None:

@@ -69,16 +69,10 @@ def parse_points(detector, points: Sequence[Mapping]) -> tuple[np.ndarray, np.nd
     schema = detector.schema_
     if not points:
         return np.empty(0), np.empty((0, len(schema.values)))
-    # As /v1/score refuses a field no model column has: a typo ("valeu") would be ignored and
-    # the value it meant taken as missing. Columns seen at fit and not read (a label, the
-    # series id) may come along.
-    known = {schema.timestamp, *schema.values, *schema.ignored} | {schema.series} - {None}
+    # Other fields (a label, the series id, what a collector adds) are left alone: a typo of
+    # a value's name is refused as that value missing, and models saved before they recorded
+    # their training data's other columns could not tell those from a stranger.
     for i, point in enumerate(points):
-        unknown = next((name for name in point if name not in known), None)
-        if unknown is not None:
-            reads = ", ".join(map(repr, (schema.timestamp, *schema.values)))
-            raise InputError(f"point {i}: unknown field {unknown!r} (the model reads {reads})",
-                             column=str(unknown), row=i)  # fmt: skip
         for name in (schema.timestamp, *schema.values):
             if name not in point:
                 raise InputError(f"point {i}: missing field {name!r}", column=name, row=i)

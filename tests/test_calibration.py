@@ -63,8 +63,8 @@ def test_bad_settings_and_empty_scores_are_refused():
 
 
 def test_evt_settings_it_cannot_meet_are_input_errors_not_libspots():
-    with pytest.raises(InputError, match=r"reaches rates below 0\.05, not target_fpr 0\.05"):
-        Calibrator(method="evt", target_fpr=0.05).fit(np.arange(500.0))
+    with pytest.raises(InputError, match=r"reaches rates below 0\.1, not target_fpr 0\.1"):
+        Calibrator(method="evt", target_fpr=0.1).fit(np.arange(500.0))
     with pytest.raises(InputError, match=r"evt_level must be in \(0, 1\), got 1\.0"):
         Calibrator(method="evt", evt_level=1.0).fit(np.arange(500.0))
     with pytest.raises(InputError, match="all alike: no tail to fit"):
@@ -85,8 +85,8 @@ def test_evt_refuses_a_tail_too_thin_to_fit_rather_than_flag_every_row():
 
 
 def test_evt_fits_every_sample_of_the_fewest_scores_it_takes():
-    """Settings check() lets through before training are not refused after it on untied
-    scores: 100 calibration rows, rates up to its reach."""
+    """On untied scores, the fewest calibration rows evt takes (100) fit at the rates it is
+    for (the 5 peaks it needs do not refuse them): below 1/n, and up to half its tail."""
     rng = np.random.default_rng(0)
     for draw in (rng.standard_exponential, rng.standard_normal, rng.lognormal):
         for q in (0.001, 0.049):
