@@ -30,9 +30,18 @@ EVT_MIN_PEAKS = 5  # scores above the tail level the fit needs (ties can leave f
 
 
 def conformal_rank(n: int, target_fpr: float) -> int:
-    """⌈(n+1)(1-α)⌉, less a hair: (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats, whose
-    ceiling would be 4."""
-    return math.ceil((n + 1) * (1.0 - target_fpr) * (1.0 - 1e-12))
+    """⌈(n+1)(1-α)⌉: (9 + 1) * (1 - 0.7) is 3.0000000000000004 in floats, whose ceiling is 3."""
+    return count_at_least((n + 1) * (1.0 - target_fpr))
+
+
+def count_at_least(x: float) -> int:
+    """⌈x⌉ of a count computed in floats, less a hair: 0.07 * 100 is 7.000000000000001."""
+    return math.ceil(x * (1.0 - 1e-12))
+
+
+def count_at_most(x: float) -> int:
+    """⌊x⌋ of a count computed in floats, plus a hair: 0.29 * 100 is 28.999999999999996."""
+    return math.floor(x * (1.0 + 1e-12))
 
 
 class Calibrator:

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import torch
 
 from anomaly.calibration import Calibrator
-from anomaly.data.tabular import TabularSchema
+from anomaly.data.tabular import TabularSchema, with_text_names
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models import DenseAE, DenseVAE
@@ -433,11 +433,7 @@ class Detector(AutoencoderDetector):
 
 def _as_frame(X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
-        if isinstance(X.columns, pd.MultiIndex):
-            raise InputError("the columns have several levels (a MultiIndex): give one name each")
-        if all(isinstance(c, str) for c in X.columns):
-            return X
-        return X.rename(columns=str)  # e.g. pd.DataFrame(array): columns 0, 1, ... become "0", "1"
+        return with_text_names(X)
     if isinstance(X, np.ndarray) and X.ndim == 2:
         return pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
     raise InputError(f"expected a DataFrame or a 2-D array, got {type(X).__name__}")

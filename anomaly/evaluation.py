@@ -17,6 +17,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from anomaly.calibration import count_at_least, count_at_most
 from anomaly.data.tabular import FALSE_WORDS, TRUE_WORDS, _show
 from anomaly.detector import Detector
 from anomaly.errors import InputError
@@ -124,8 +125,7 @@ def _threshold_for_fpr(normal: np.ndarray, target: float) -> float:
     """The lowest threshold that flags at most ``target`` of these normal rows."""
     if not 0.0 <= target < 1.0:
         raise InputError(f"target FPR must be in [0, 1), got {target}")
-    # normal rows that may lie above; a hair up, as 0.29 * 100 is 28.999999999999996 in floats
-    allowed = int(np.floor(target * len(normal) * (1.0 + 1e-12)))
+    allowed = count_at_most(target * len(normal))  # normal rows that may lie above
     ordered = np.sort(normal)
     return float(ordered[len(ordered) - allowed - 1])
 
@@ -134,6 +134,6 @@ def _threshold_for_recall(anomalous: np.ndarray, target: float) -> float:
     """The highest threshold that still flags at least ``target`` of these anomalies."""
     if not 0.0 < target <= 1.0:
         raise InputError(f"target recall must be in (0, 1], got {target}")
-    needed = int(np.ceil(target * len(anomalous) * (1.0 - 1e-12)))  # 0.07 * 100: 7.000000000000001
+    needed = count_at_least(target * len(anomalous))
     kth_highest = np.sort(anomalous)[len(anomalous) - needed]
     return float(np.nextafter(kth_highest, -np.inf))

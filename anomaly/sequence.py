@@ -31,6 +31,7 @@ import torch
 
 from anomaly.calibration import Calibrator
 from anomaly.data.sequence import Segments, SequenceSchema
+from anomaly.data.tabular import with_text_names
 from anomaly.errors import InputError
 from anomaly.estimator import AutoencoderDetector
 from anomaly.models.sequence import ARCHS, SequenceAE, SequenceVAE
@@ -619,10 +620,7 @@ class _SeriesTail:
 def _as_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
         raise InputError(f"expected a DataFrame, got {type(frame).__name__}")
-    if isinstance(frame.columns, pd.MultiIndex):
-        raise InputError("the columns have several levels (a MultiIndex): give one name each")
-    if not all(isinstance(c, str) for c in frame.columns):
-        frame = frame.rename(columns=str)  # as a table detector's: columns 0, 1 are "0", "1"
+    frame = with_text_names(frame)
     arrow_times = [
         name
         for name, dtype in frame.dtypes.items()

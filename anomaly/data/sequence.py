@@ -32,13 +32,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from anomaly.data.tabular import (
-    FALSE_WORDS,
-    TRUE_WORDS,
-    _refuse_first,
-    mostly_numbers,
-    to_numbers,
-)
+from anomaly.data.tabular import _refuse_first, mostly_numbers, to_numbers, truth_values
 from anomaly.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -432,27 +426,16 @@ def to_values(column: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
         if pd.api.types.is_numeric_dtype(column.dtype):
             raise
     # The slow path, for a column that holds true/false words (or bools among objects).
-    values = column.to_numpy(dtype=object)
-    truth = np.array([_truth(v) for v in values], dtype=np.float64)
+    truth = truth_values(column)
     spelled = ~np.isnan(truth)
-    rest = to_numbers(pd.Series(np.where(spelled, None, values), dtype=object), name, row_offset)
-    return np.where(spelled, truth, rest)
-
-
-def _truth(value: object) -> float:
-    """1 or 0 for true or false in any spelling a table's boolean column takes; else NaN."""
-    if isinstance(value, bool | np.bool_):
-        return float(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        return 1.0 if word in TRUE_WORDS else 0.0 if word in FALSE_WORDS else np.nan
-    return np.nan
+    others = np.where(spelled, None, column.to_numpy(dtype=object))
+    return np.where(spelled, truth, to_numbers(pd.Series(others, dtype=object), name, row_offset))
 
 
 def _all_true_or_false(column: pd.Series) -> bool:
     """Whether a text column holds true/false words only (missing values aside)."""
-    words = column.dropna().astype(str).str.strip().str.lower()
-    return len(words) > 0 and bool(words.isin(TRUE_WORDS | FALSE_WORDS).all())
+    given = column.dropna()
+    return len(given) > 0 and not np.isnan(truth_values(given)).any()
 
 
 def _value_columns(frame: pd.DataFrame, skip: set) -> list[str]:

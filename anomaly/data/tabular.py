@@ -687,6 +687,17 @@ def _holds_times(dtype: object) -> bool:
     )
 
 
+def with_text_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with one text name per column, as schemas name them: numbers as names
+    (``pd.DataFrame(array)``'s 0, 1) become "0", "1"; several levels (a MultiIndex) are
+    refused."""
+    if isinstance(frame.columns, pd.MultiIndex):
+        raise InputError("the columns have several levels (a MultiIndex): give one name each")
+    if all(isinstance(c, str) for c in frame.columns):
+        return frame
+    return frame.rename(columns=str)
+
+
 def mostly_numbers(column: pd.Series) -> bool:
     """Whether more than half of a text column's values are numbers."""
     return _words_among_numbers(column) is not None
@@ -816,12 +827,19 @@ def _to_bool(series: pd.Series, name: str, row_offset: int) -> np.ndarray:
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = ~np.isnan(values) & (values != 0) & (values != 1)
     else:
-        lowered = series.astype(str).str.strip().str.lower()
-        values = np.full(len(series), np.nan)
-        values[lowered.isin(TRUE_WORDS).to_numpy()] = 1.0
-        values[lowered.isin(FALSE_WORDS).to_numpy()] = 0.0
+        values = truth_values(series)
         bad = _not_missing(np.isnan(values), series)
     _refuse_first(bad, series, name, row_offset, "is not true or false")
+    return values
+
+
+def truth_values(series: pd.Series) -> np.ndarray:
+    """1.0 or 0.0 for each value spelled true or false as a boolean column takes them
+    (``true``, `` No``, ``1``, a bool...), NaN for any other."""
+    words = series.astype(str).str.strip().str.lower()
+    values = np.full(len(series), np.nan)
+    values[words.isin(TRUE_WORDS).to_numpy()] = 1.0
+    values[words.isin(FALSE_WORDS).to_numpy()] = 0.0
     return values
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from anomaly.errors import InputError
@@ -66,6 +67,12 @@ class DuplexStreamingResponse(StreamingResponse):
 def _raw_body(media_types: dict[str, str]) -> dict:
     """OpenAPI for a body the route reads itself: media type -> JSON schema type."""
     content = {media: {"schema": {"type": kind}} for media, kind in media_types.items()}
+    return {"requestBody": {"content": content, "required": True}}
+
+
+def _json_body(model: type[BaseModel]) -> dict:
+    """OpenAPI for a JSON body the route reads itself, in ``model``'s shape."""
+    content = {"application/json": {"schema": model.model_json_schema()}}
     return {"requestBody": {"content": content, "required": True}}
 
 
@@ -132,12 +139,7 @@ def _check_count(request: Request, n: int) -> None:
     summary="Score records",
     # The body is parsed by orjson and checked by parse_records, not by pydantic: at 1,000
     # records that is a third of the time. The schema still documents it.
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
-            "required": True,
-        }
-    },
+    openapi_extra=_json_body(ScoreRequest),
 )
 async def score(request: Request, served: TableModel) -> Response:
     """Scores, flags, p-values and top features of each record, in input order."""
@@ -335,12 +337,7 @@ async def _score_lines(request: Request, lines: list[bytes], first: int, max_lin
     responses=_ERRORS,
     summary="Score a time series point by point",
     # Read as /v1/score's body is (bad JSON is a 422 naming the problem); documented as it is.
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": PointsRequest.model_json_schema()}},
-            "required": True,
-        }
-    },
+    openapi_extra=_json_body(PointsRequest),
 )
 async def stream_points(
     request: Request,
